@@ -1,0 +1,231 @@
+"""The `ratingloop` command: one subcommand per stage, each a thin shell that parses, calls the stage,
+and prints with rich. Results go to stdout (tables, or JSON with --json); logs and progress to stderr.
+"""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import IO, Annotated, Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ratingloop.errors import RatingloopError
+
+app = typer.Typer(help="ratingloop: turn the ratings users give an LLM's answers into a better model.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
+users_app = typer.Typer(help="End users and their data.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger("ratingloop")
+
+Db = Annotated[Optional[str], typer.Option("--db", help="database URL (default: RATINGLOOP_DATABASE_URL, "
+                                           "else SQLite in ~/.ratingloop)", show_default=False)]
+Json = Annotated[bool, typer.Option("--json", help="print JSON for machines")]
+
+
+def _settings(db: str | None) -> Any:
+    from ratingloop.config import load_settings
+
+    return load_settings(db)
+
+
+def _engine(db: str | None) -> Any:
+    from ratingloop.store import open_engine
+
+    return open_engine(_settings(db).url)
+
+
+@app.command()
+def serve(
+    backend: Annotated[str, typer.Option(help="none: feedback API only, for products with their own LLM")] = "none",
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[int, typer.Option(help="server processes")] = 1,
+    access_log: Annotated[bool, typer.Option(help="log one line per request")] = True,
+    db: Db = None,
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    if backend != "none":
+        raise RatingloopError(f"--backend {backend}: not built yet; this version serves --backend none "
+                              "(the feedback API for products that run their own LLM)")
+    settings = _settings(db)
+    if db:
+        os.environ["RATINGLOOP_DATABASE_URL"] = db  # uvicorn's workers build their own app from the env
+    if not settings.admin_key:
+        if not _is_loopback(host):
+            raise RatingloopError(f"--host {host}: set RATINGLOOP_ADMIN_KEY before serving beyond this machine")
+        err.print("[yellow]RATINGLOOP_ADMIN_KEY is not set: admin endpoints are open to this machine only[/]")
+        os.environ["RATINGLOOP_OPEN_ADMIN"] = "1"
+    from ratingloop.store import open_engine
+
+    open_engine(settings.url)  # migrate once here, not racing in each worker
+    settings.feedback_secret()
+    err.print(f"ratingloop serving {settings.url.split('@')[-1]} on http://{host}:{port}  (docs: /docs)")
+    uvicorn.run("ratingloop.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                access_log=access_log, log_level="info")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command("import")
+def import_(
+    file: Annotated[str, typer.Argument(help="JSONL file (.gz too), or - for stdin")],
+    db: Db = None,
+    json_: Json = False,
+) -> None:
+    """Load interactions with their ratings from JSONL; bad lines are reported and store nothing."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from ratingloop.store import Limits
+    from ratingloop.store.jsonl import import_lines
+
+    settings = _settings(db)
+    engine = _engine(db)
+    limits = Limits(settings.aspects, settings.implicit_signals, settings.max_comment_chars)
+    size = None if file == "-" else Path(file).stat().st_size if Path(file).exists() else None
+    if file != "-" and size is None:
+        raise RatingloopError(f"{file}: no such file")
+    with _open(file) as f, Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                                    TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(f"importing {file}", total=size if not file.endswith(".gz") else None)
+        report = import_lines(engine, f, limits, progress=lambda n: bar.advance(task, n))
+    if json_:
+        out.print_json(json.dumps(report.as_dict()))
+    else:
+        for number, errors in report.bad:
+            for e in errors:
+                err.print(f"[red]line {number}[/]: {e.field}: {e.reason}", highlight=False)
+        out.print(f"{report.lines} lines: {report.interactions_new} new interactions "
+                  f"({report.interactions_existing} already stored), {report.ratings_new} new ratings "
+                  f"({report.ratings_existing} already stored), {report.skipped_deleted} lines of deleted users "
+                  f"skipped, {len(report.bad)} bad lines", highlight=False)
+    if report.bad:
+        raise typer.Exit(1)
+
+
+def _open(file: str) -> IO[bytes]:
+    if file == "-":
+        return sys.stdin.buffer
+    if file.endswith(".gz"):
+        return gzip.open(file, "rb")
+    return open(file, "rb")
+
+
+@app.command()
+def export(
+    format: Annotated[str, typer.Option("--format", help="raw: the import JSONL")] = "raw",
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="file to write (default stdout)")] = None,
+    db: Db = None,
+) -> None:
+    """Write every interaction with its ratings as JSONL that `ratingloop import` reads back."""
+    from ratingloop.store.jsonl import export_lines
+
+    if format != "raw":
+        raise RatingloopError(f"--format {format}: only 'raw' exists; training sets come from `ratingloop build`")
+    lines = export_lines(_engine(db))
+    if out_file is None:
+        _write_all(sys.stdout.buffer, lines)
+        sys.stdout.flush()
+    else:
+        with open(out_file, "wb") as f:
+            _write_all(f, lines)
+
+
+def _write_all(f: IO[bytes], lines: Iterator[bytes]) -> None:
+    for line in lines:
+        f.write(line)
+
+
+@app.command()
+def stats(db: Db = None, json_: Json = False) -> None:
+    """Counts of interactions, ratings, raters and versions."""
+    from ratingloop.store.stats import store_stats
+
+    s = store_stats(_engine(db))
+    if json_:
+        out.print_json(json.dumps(s))
+        return
+    table = Table(show_header=False, box=None)
+    for key in ("interactions", "rated_interactions", "ratings", "raters", "versions", "active_version",
+                "deleted_users", "first_interaction_at", "last_rating_at"):
+        table.add_row(key, str(s[key]))
+    for kind, n in s["ratings_by_kind"].items():
+        table.add_row(f"  ratings: {kind}", str(n))
+    out.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: Db = None) -> None:
+    """Apply pending migrations (ratingloop also does this on first use)."""
+    from ratingloop.store.db import _create_engine, upgrade
+
+    settings = _settings(db)
+    revision = upgrade(_create_engine(settings.url))
+    out.print(f"database at revision {revision}")
+
+
+@users_app.command("delete")
+def users_delete(
+    user_id: Annotated[str, typer.Argument(help="the end user's id")],
+    yes: Annotated[bool, typer.Option("--yes", help="really delete")] = False,
+    db: Db = None,
+) -> None:
+    """Remove a user's interactions and ratings, and keep them out of every later import and build."""
+    from sqlalchemy import func, select
+
+    from ratingloop.store import delete_user
+    from ratingloop.store.tables import Interaction, Rating
+
+    engine = _engine(db)
+    if not yes:
+        with engine.connect() as conn:
+            n_i = conn.execute(select(func.count()).where(Interaction.user_id == user_id)).scalar_one()
+            n_r = conn.execute(select(func.count()).where(Rating.rater_id == user_id)).scalar_one()
+        err.print(f"would delete user {user_id!r}: {n_i} interactions (with every rating on them) and {n_r} ratings "
+                  "they gave, and record a tombstone. Re-run with --yes.")
+        raise typer.Exit(1)
+    n_inter, n_ratings = delete_user(engine, user_id)
+    out.print(f"deleted user {user_id!r}: {n_inter} interactions, {n_ratings} ratings; tombstone recorded")
+
+
+@app.command()
+def demo(db: Db = None) -> None:
+    """A walk-through of what ratingloop does today, on a fresh store in a temporary folder."""
+    from ratingloop.demo import run_demo
+
+    run_demo(out, err)
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("RATINGLOOP_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        app()
+    except RatingloopError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

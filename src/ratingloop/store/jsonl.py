@@ -1,0 +1,182 @@
+"""Stage 1, the store: bulk import and raw export in DESIGN.md's JSONL (one interaction per line,
+with its ratings). Export writes what import reads, so export -> import -> export is byte-identical.
+
+Import judges each line on its own: a bad line is reported with its number and stores nothing; the
+good lines around it are stored. Lines go through the same write path as the HTTP API, a chunk of
+lines per transaction. Ratings without an idempotency key get one derived from their content, and
+interactions without an id get one derived from theirs, so importing a file twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable, Iterator
+
+import orjson
+from pydantic import ValidationError
+from sqlalchemy import Engine, select
+
+from ratingloop.errors import FieldError
+from ratingloop.store.records import InteractionIn, Limits, clean_interaction, pydantic_errors
+from ratingloop.store.tables import Interaction, Rating
+from ratingloop.store.writes import WriteUnit, write_units
+
+CHUNK_LINES = 1000
+
+
+@dataclass
+class ImportReport:
+    lines: int = 0
+    interactions_new: int = 0
+    interactions_existing: int = 0
+    ratings_new: int = 0
+    ratings_existing: int = 0
+    skipped_deleted: int = 0  # lines of users who were deleted: never brought back, not an error
+    bad: list[tuple[int, list[FieldError]]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines, "interactions_new": self.interactions_new,
+            "interactions_existing": self.interactions_existing, "ratings_new": self.ratings_new,
+            "ratings_existing": self.ratings_existing, "skipped_deleted": self.skipped_deleted,
+            "bad_lines": [{"line": n, "errors": [{"field": e.field, "reason": e.reason} for e in errs]}
+                          for n, errs in self.bad],
+        }
+
+
+def import_lines(engine: Engine, lines: Iterable[bytes], limits: Limits,
+                 progress: Callable[[int], None] | None = None) -> ImportReport:
+    """Import JSONL lines (bytes, without or with their newline); `progress(n_bytes)` after each chunk."""
+    report = ImportReport()
+    chunk: list[tuple[int, WriteUnit]] = []
+    chunk_bytes = 0
+    for number, line in enumerate(lines, start=1):
+        report.lines = number
+        chunk_bytes += len(line)
+        if not line.strip():
+            continue
+        unit, errors = _parse_line(line, limits)
+        if unit is None:
+            report.bad.append((number, errors))
+        else:
+            chunk.append((number, unit))
+        if len(chunk) >= CHUNK_LINES:
+            _write_chunk(engine, chunk, report)
+            chunk = []
+            if progress:
+                progress(chunk_bytes)
+            chunk_bytes = 0
+    _write_chunk(engine, chunk, report)
+    if progress:
+        progress(chunk_bytes)
+    report.bad.sort(key=lambda item: item[0])
+    return report
+
+
+def _parse_line(line: bytes, limits: Limits) -> tuple[WriteUnit | None, list[FieldError]]:
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        return None, [FieldError("line", f"not valid JSON: {e}")]
+    if not isinstance(data, dict):
+        return None, [FieldError("line", f"expected a JSON object, got {type(data).__name__}")]
+    try:
+        raw = InteractionIn.model_validate(data)
+    except ValidationError as e:
+        return None, pydantic_errors(e)
+    inter, errors = clean_interaction(raw, limits, lambda content_hash: "i-" + content_hash[:26])
+    if inter is None:
+        return None, errors
+    for r in inter.ratings:
+        if r.idempotency_key is None:
+            basis = [r.interaction_id, r.rater_id, r.source, r.kind, r.aspect, r.value, r.scale_min, r.scale_max,
+                     r.signal, r.text, r.created_at.isoformat() if r.created_at else None]
+            r.idempotency_key = "import:" + hashlib.sha256(orjson.dumps(basis)).hexdigest()[:40]
+    return WriteUnit(interactions=[inter]), []
+
+
+def _write_chunk(engine: Engine, chunk: list[tuple[int, WriteUnit]], report: ImportReport) -> None:
+    if not chunk:
+        return
+    results = write_units(engine, [unit for _, unit in chunk])
+    for (number, _), result in zip(chunk, results):
+        if result.errors:
+            if all(e.status == 410 for e in result.errors):
+                report.skipped_deleted += 1
+            else:
+                report.bad.append((number, result.errors))
+            continue
+        for _, status in result.interactions:
+            if status == 201:
+                report.interactions_new += 1
+            else:
+                report.interactions_existing += 1
+        for _, status in result.ratings:
+            if status == 201:
+                report.ratings_new += 1
+            else:
+                report.ratings_existing += 1
+
+
+# -- export -----------------------------------------------------------------------------------------
+
+def export_lines(engine: Engine, page: int = 1000) -> Iterator[bytes]:
+    """Every interaction with its ratings, oldest first, one JSON line each (with the newline)."""
+    I, R = Interaction.__table__, Rating.__table__
+    after: tuple[Any, str] | None = None
+    with engine.connect() as conn:
+        while True:
+            query = select(I).order_by(I.c.created_at, I.c.id).limit(page)
+            if after is not None:
+                query = query.where((I.c.created_at > after[0]) | ((I.c.created_at == after[0]) & (I.c.id > after[1])))
+            rows = conn.execute(query).mappings().all()
+            if not rows:
+                return
+            ratings: dict[str, list[dict[str, Any]]] = {}
+            ids = [row["id"] for row in rows]
+            for r in conn.execute(select(R).where(R.c.interaction_id.in_(ids)).order_by(R.c.created_at, R.c.id)).mappings():
+                ratings.setdefault(r["interaction_id"], []).append(export_rating(r))
+            for row in rows:
+                yield orjson.dumps(export_interaction(row, ratings.get(row["id"], []))) + b"\n"
+            after = (rows[-1]["created_at"], rows[-1]["id"])
+
+
+def iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def number(value: float | None) -> float | int | None:
+    """4.0 -> 4: ratings read as people wrote them."""
+    return int(value) if value is not None and float(value).is_integer() else value
+
+
+def export_interaction(row: Any, ratings: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": row["id"], "messages": row["messages"], "response": row["response"]}
+    for key in ("user_id", "model", "conversation_id"):
+        if row[key] is not None:
+            out[key] = row[key]
+    out["created_at"] = iso(row["created_at"])
+    if row["tags"]:
+        out["tags"] = row["tags"]
+    for key in ("latency_ms", "prompt_tokens", "completion_tokens"):
+        if row[key] is not None:
+            out[key] = row[key]
+    out["ratings"] = ratings
+    return out
+
+
+def export_rating(r: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": r["id"], "rater_id": r["rater_id"], "source": r["source"], "kind": r["kind"],
+                           "aspect": r["aspect"]}
+    if r["value"] is not None:
+        out["value"] = number(r["value"])
+    if r["scale_min"] is not None and r["kind"] != "thumbs":
+        out["scale"] = [number(r["scale_min"]), number(r["scale_max"])]
+    for key in ("signal", "text"):
+        if r[key] is not None:
+            out[key] = r[key]
+    out["created_at"] = iso(r["created_at"])
+    out["idempotency_key"] = r["idempotency_key"]
+    return out

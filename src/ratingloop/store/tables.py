@@ -1,0 +1,164 @@
+"""Stage 1, the store: the tables of what must never be lost.
+
+Interactions and ratings are raw and append-only (a later rating supersedes an earlier one for
+training, but both rows stay); the only deletion is a user's, for privacy, which leaves a tombstone.
+Model versions, dataset snapshots and training runs are the registry and its lineage. Schema changes
+go through Alembic migrations in `migrations/`, never `create_all`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+ID = String(200)  # client ids (interactions, users, raters) are arbitrary strings up to 200 chars
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Interaction(Base):
+    """One prompt and the answer a model gave, as served."""
+
+    __tablename__ = "interactions"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    model: Mapped[str | None] = mapped_column(String(200))  # the model version that answered
+    user_id: Mapped[str | None] = mapped_column(ID, index=True)  # pseudonymous end-user id
+    conversation_id: Mapped[str | None] = mapped_column(ID)
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(Json)  # the prompt as chat messages
+    response: Mapped[str] = mapped_column(Text)
+    tags: Mapped[dict[str, Any]] = mapped_column(Json)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64))  # to tell a replay from a conflicting id
+
+
+class Rating(Base):
+    """One rating event. Raw value and its scale are kept; rewards are derived later (signals)."""
+
+    __tablename__ = "ratings"
+    __table_args__ = (Index("ix_ratings_interaction_rater", "interaction_id", "rater_id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    interaction_id: Mapped[str] = mapped_column(ID, ForeignKey("interactions.id", ondelete="CASCADE"))
+    rater_id: Mapped[str] = mapped_column(ID, index=True)
+    source: Mapped[str] = mapped_column(String(20))  # end_user | annotator | simulated | judge
+    kind: Mapped[str] = mapped_column(String(20))  # thumbs | stars | scale | aspect | comment | ...
+    aspect: Mapped[str] = mapped_column(String(64))  # "overall" unless an aspect was rated
+    value: Mapped[float | None] = mapped_column(Float)  # thumbs -1/1; stars/scale/aspect as given
+    scale_min: Mapped[float | None] = mapped_column(Float)
+    scale_max: Mapped[float | None] = mapped_column(Float)
+    signal: Mapped[str | None] = mapped_column(String(64))  # implicit: copy, regenerate, ...
+    text: Mapped[str | None] = mapped_column(Text)  # comment text, or a correction's better answer
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(256), unique=True)
+    body_hash: Mapped[str] = mapped_column(String(64))  # same key + same body = replay, else conflict
+
+
+class Rater(Base):
+    """Everyone who has rated; estimates of their bias live in derived tables keyed by run."""
+
+    __tablename__ = "raters"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeletedUser(Base):
+    """A tombstone: data of this user created before `deleted_at` never comes back (import, build)."""
+
+    __tablename__ = "deleted_users"
+
+    user_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the user id
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    interactions_deleted: Mapped[int] = mapped_column(Integer)
+    ratings_deleted: Mapped[int] = mapped_column(Integer)
+
+
+class DatasetSnapshot(Base):
+    """A training set as built: format, content hash, counts, and the manifest naming its ratings."""
+
+    __tablename__ = "dataset_snapshots"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    format: Mapped[str] = mapped_column(String(20))  # sft | kto | dpo | reward | weighted
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str | None] = mapped_column(Text)
+    n_rows: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(Json)
+    manifest: Mapped[dict[str, Any]] = mapped_column(Json)
+
+
+class TrainingRun(Base):
+    """One training run: what went in (config, dataset, base, parent) and what came out."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    method: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))  # running | succeeded | failed
+    config: Mapped[dict[str, Any]] = mapped_column(Json)
+    dataset_snapshot_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_snapshots.id"))
+    base_model: Mapped[str] = mapped_column(Text)
+    parent_version_id: Mapped[str | None] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(Json)
+    log_path: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelVersion(Base):
+    """A servable model: a base plus (usually) a LoRA adapter, with its lineage and gate status."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    base_model: Mapped[str] = mapped_column(Text)
+    adapter_path: Mapped[str | None] = mapped_column(Text)
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    training_run_id: Mapped[str | None] = mapped_column(ForeignKey("training_runs.id"))
+    dataset_snapshot_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_snapshots.id"))
+    metrics: Mapped[dict[str, Any]] = mapped_column(Json)
+    status: Mapped[str] = mapped_column(String(20), index=True)  # candidate|active|rejected|retired
+    traffic_share: Mapped[float] = mapped_column(Float, default=0.0)

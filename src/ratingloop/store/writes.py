@@ -1,0 +1,284 @@
+"""Stage 1, the store: the one write path, shared by the HTTP API and bulk import.
+
+A `WriteUnit` is what must land together or not at all: one API request (an interaction, a rating,
+a batch of ratings) or one import line (an interaction with its ratings). `write_units` applies many
+units in one transaction - the API's group commit and import's chunks both rely on this - yet judges
+each unit on its own: a bad unit stores nothing and does not stop the others.
+
+Idempotency: every rating has an idempotency key (the client's, one derived from an import line's
+content, or ``auto:<id>``). The same key with the same body is a replay (200, the original rating);
+the same key with a different body is a conflict (409). An interaction id works the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator, Sequence
+
+from sqlalchemy import Connection, Engine, Table, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from ulid import ULID
+
+from ratingloop.errors import FieldError
+from ratingloop.store.db import write_transaction
+from ratingloop.store.records import CleanInteraction, CleanRating, canonical_hash
+from ratingloop.store.tables import DeletedUser, Interaction, Rater, Rating
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500  # ids per IN (...) query; well under SQLite's and PostgreSQL's parameter limits
+
+
+@dataclass
+class WriteUnit:
+    """What lands together or not at all. `vouched` is False for a feedback token: its ratings are
+    the interaction's asker's own, whatever rater_id says, and their source is end_user."""
+
+    interactions: list[CleanInteraction] = field(default_factory=list)
+    ratings: list[CleanRating] = field(default_factory=list)
+    vouched: bool = True
+
+
+@dataclass
+class UnitResult:
+    errors: list[FieldError] = field(default_factory=list)
+    interactions: list[tuple[str, int]] = field(default_factory=list)  # (id, 201 new | 200 existing)
+    ratings: list[tuple[dict[str, Any], int]] = field(default_factory=list)  # (row, 201 | 200 replay)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def user_hash(user_id: str) -> str:
+    return hashlib.sha256(user_id.encode()).hexdigest()
+
+
+def new_id() -> str:
+    return str(ULID())
+
+
+def write_units(engine: Engine, units: Sequence[WriteUnit]) -> list[UnitResult]:
+    """Apply `units` in one transaction. Another process may insert the same key between our read
+    and our write; the unique index then refuses the insert and we judge the units again."""
+    for attempt in range(5):
+        try:
+            with write_transaction(engine) as conn:
+                return apply_units(conn, units)
+        except IntegrityError:
+            if attempt == 4:
+                raise
+            log.debug("write race on attempt %d; re-judging %d units", attempt + 1, len(units))
+    raise AssertionError("unreachable")
+
+
+def apply_units(conn: Connection, units: Sequence[WriteUnit]) -> list[UnitResult]:
+    """Judge every unit against the database and the units before it, then insert the good ones."""
+    now = datetime.now(timezone.utc)
+    view = _Snapshot.load(conn, units)
+    results = []
+    for unit in units:
+        result, staged = _judge(unit, view, now)
+        results.append(result)
+        if result.ok:
+            view.commit(staged)
+    view.flush(conn, now)
+    return results
+
+
+@dataclass
+class _Staged:
+    interactions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ratings: dict[str, dict[str, Any]] = field(default_factory=dict)  # by idempotency key
+    rating_ids: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Snapshot:
+    """What the database holds for the ids and keys these units mention, plus what they add."""
+
+    interactions: dict[str, dict[str, Any]]  # id -> {content_hash, user_id}
+    ratings_by_key: dict[str, dict[str, Any]]
+    rating_ids: set[str]
+    tombstones: dict[str, datetime]
+    new_interactions: list[dict[str, Any]] = field(default_factory=list)
+    new_ratings: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, conn: Connection, units: Sequence[WriteUnit]) -> _Snapshot:
+        iids = {i.id for u in units for i in u.interactions} | {r.interaction_id for u in units for r in u.ratings}
+        keys = {r.idempotency_key for u in units for r in _ratings(u) if r.idempotency_key}
+        rids = {r.id for u in units for r in _ratings(u) if r.id}
+        people = {i.user_id for u in units for i in u.interactions if i.user_id}
+        people |= {r.rater_id for u in units for r in _ratings(u) if r.rater_id}
+        I, R = Interaction.__table__, Rating.__table__
+        interactions = {
+            row.id: {"content_hash": row.content_hash, "user_id": row.user_id}
+            for row in _select_in(conn, select(I.c.id, I.c.content_hash, I.c.user_id), I.c.id, iids)
+        }
+        people |= {i["user_id"] for i in interactions.values() if i["user_id"]}  # askers rate by default
+        by_key = {row.idempotency_key: row._asdict() for row in _select_in(conn, select(R), R.c.idempotency_key, keys)}
+        taken = {row.id for row in _select_in(conn, select(R.c.id), R.c.id, rids)}
+        D = DeletedUser.__table__
+        tomb = {row.user_hash: row.deleted_at for row in
+                _select_in(conn, select(D.c.user_hash, D.c.deleted_at), D.c.user_hash, {user_hash(p) for p in people})}
+        return cls(interactions, by_key, taken, tomb)
+
+    def deleted(self, user_id: str | None, created_at: datetime | None) -> datetime | None:
+        """When `user_id` was deleted, if this record predates that deletion (so must stay gone)."""
+        if not user_id or not self.tombstones:
+            return None
+        when = self.tombstones.get(user_hash(user_id))
+        if when is not None and (created_at is None or created_at <= when):
+            return when
+        return None
+
+    def commit(self, staged: _Staged) -> None:
+        for iid, row in staged.interactions.items():
+            self.interactions[iid] = {"content_hash": row["content_hash"], "user_id": row["user_id"]}
+            self.new_interactions.append(row)
+        for key, row in staged.ratings.items():
+            self.ratings_by_key[key] = row
+            self.rating_ids.add(row["id"])
+            self.new_ratings.append(row)
+
+    def flush(self, conn: Connection, now: datetime) -> None:
+        if self.new_interactions:
+            conn.execute(insert(Interaction.__table__), self.new_interactions)
+        if self.new_ratings:
+            raters = {r["rater_id"] for r in self.new_ratings}
+            _insert_missing(conn, Rater.__table__, [{"id": r, "first_seen_at": now} for r in sorted(raters)])
+            conn.execute(insert(Rating.__table__), self.new_ratings)
+
+
+def _ratings(unit: WriteUnit) -> Iterator[CleanRating]:
+    yield from unit.ratings
+    for i in unit.interactions:
+        yield from i.ratings
+
+
+def _judge(unit: WriteUnit, view: _Snapshot, now: datetime) -> tuple[UnitResult, _Staged]:
+    result, staged = UnitResult(), _Staged()
+    for inter in unit.interactions:
+        status = _judge_interaction(inter, view, staged, now, result.errors)
+        if status:
+            result.interactions.append((inter.id, status))
+    if result.errors:  # the ratings of an interaction that cannot be stored are moot
+        return result, staged
+    for rating in _ratings(unit):
+        outcome = _judge_rating(rating, unit.vouched, view, staged, now, result.errors)
+        if outcome:
+            result.ratings.append(outcome)
+    return result, staged
+
+
+def _judge_interaction(inter: CleanInteraction, view: _Snapshot, staged: _Staged, now: datetime,
+                       errors: list[FieldError]) -> int | None:
+    known = staged.interactions.get(inter.id) or view.interactions.get(inter.id)
+    if known is not None:
+        if known["content_hash"] != inter.content_hash:
+            errors.append(FieldError("id", f"interaction {inter.id!r} already exists with different content; "
+                                           "send a new id", 409))
+            return None
+        return 200
+    when = view.deleted(inter.user_id, inter.created_at)
+    if when is not None:
+        errors.append(FieldError("user_id", f"user {inter.user_id!r} was deleted at {when.isoformat()}; "
+                                            "their earlier data is not accepted again", 410))
+        return None
+    staged.interactions[inter.id] = {
+        "id": inter.id, "created_at": inter.created_at or now, "model": inter.model, "user_id": inter.user_id,
+        "conversation_id": inter.conversation_id, "messages": inter.messages, "response": inter.response,
+        "tags": inter.tags, "latency_ms": inter.latency_ms, "prompt_tokens": inter.prompt_tokens,
+        "completion_tokens": inter.completion_tokens, "content_hash": inter.content_hash,
+    }
+    return 201
+
+
+def _judge_rating(r: CleanRating, vouched: bool, view: _Snapshot, staged: _Staged, now: datetime,
+                  errors: list[FieldError]) -> tuple[dict[str, Any], int] | None:
+    def bad(name: str, reason: str, status: int) -> None:
+        errors.append(FieldError(f"{r.path}.{name}" if r.path else name, reason, status))
+
+    inter = staged.interactions.get(r.interaction_id) or view.interactions.get(r.interaction_id)
+    if inter is None:
+        bad("interaction_id", f"no interaction {r.interaction_id!r}; log it first (POST /v1/interactions)", 404)
+        return None
+    asker = inter["user_id"] or f"anon:{r.interaction_id}"
+    if not vouched and r.rater_id not in (None, asker):
+        bad("rater_id", "a feedback token rates as the interaction's own user; "
+                        "only the admin key may name another rater", 403)
+        return None
+    rater = r.rater_id or asker
+    when = view.deleted(rater, r.created_at)
+    if when is not None:
+        bad("rater_id", f"rater {rater!r} was deleted at {when.isoformat()}; "
+                        "their earlier ratings are not accepted again", 410)
+        return None
+    source = "end_user" if not vouched else (r.source or "end_user")
+    body_hash = canonical_hash([r.interaction_id, rater, source, r.kind, r.aspect, r.value, r.scale_min,
+                                r.scale_max, r.signal, r.text])
+    rid = r.id or new_id()
+    key = r.idempotency_key or f"auto:{rid}"
+    seen = staged.ratings.get(key) or view.ratings_by_key.get(key)
+    if seen is not None:
+        if seen["body_hash"] != body_hash:
+            bad("idempotency_key", f"key {key!r} was already used for a different rating", 409)
+            return None
+        return seen, 200
+    if r.id is not None and (r.id in view.rating_ids or r.id in staged.rating_ids):
+        bad("id", f"rating id {r.id!r} already exists with another idempotency key", 409)
+        return None
+    row = {
+        "id": rid, "interaction_id": r.interaction_id, "rater_id": rater,
+        "source": source, "kind": r.kind, "aspect": r.aspect,
+        "value": r.value, "scale_min": r.scale_min, "scale_max": r.scale_max, "signal": r.signal,
+        "text": r.text, "created_at": r.created_at or now, "idempotency_key": key, "body_hash": body_hash,
+    }
+    staged.ratings[key] = row
+    staged.rating_ids.add(rid)
+    return row, 201
+
+
+def _select_in(conn: Connection, query: Any, column: Any, values: Iterable[Any]) -> Iterator[Any]:
+    values = list(values)
+    for start in range(0, len(values), CHUNK):
+        yield from conn.execute(query.where(column.in_(values[start:start + CHUNK])))
+
+
+def _insert_missing(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING, in the dialect's own words."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    conn.execute(dialect_insert(table).on_conflict_do_nothing(), rows)
+
+
+def delete_user(engine: Engine, user_id: str) -> tuple[int, int]:
+    """Remove a user's interactions (with every rating on them) and every rating they gave, and leave
+    a tombstone so that no later import brings them back. Returns (interactions, ratings) removed."""
+    I, R, D = Interaction.__table__, Rating.__table__, DeletedUser.__table__
+    with write_transaction(engine) as conn:
+        theirs = select(I.c.id).where(I.c.user_id == user_id).scalar_subquery()
+        n_ratings = conn.execute(delete(R).where((R.c.rater_id == user_id) | R.c.interaction_id.in_(theirs))).rowcount
+        n_inter = conn.execute(delete(I).where(I.c.user_id == user_id)).rowcount
+        conn.execute(delete(Rater.__table__).where(Rater.__table__.c.id == user_id))
+        h = user_hash(user_id)
+        previous = conn.execute(select(D.c.interactions_deleted, D.c.ratings_deleted).where(D.c.user_hash == h)).first()
+        conn.execute(delete(D).where(D.c.user_hash == h))
+        conn.execute(insert(D), {
+            "user_hash": h, "deleted_at": datetime.now(timezone.utc),
+            "interactions_deleted": n_inter + (previous[0] if previous else 0),
+            "ratings_deleted": n_ratings + (previous[1] if previous else 0),
+        })
+    return n_inter, n_ratings
+
+
+def count_rows(conn: Connection, table: Table) -> int:
+    return conn.execute(select(func.count()).select_from(table)).scalar_one()
