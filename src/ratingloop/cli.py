@@ -128,7 +128,7 @@ def _open(file: str) -> IO[bytes]:
     if file == "-":
         return sys.stdin.buffer
     if file.endswith(".gz"):
-        return gzip.open(file, "rb")
+        return gzip.open(file, "rb")  # type: ignore[return-value]
     return open(file, "rb")
 
 
@@ -211,10 +211,10 @@ def users_delete(
 
 @app.command()
 def demo(db: Db = None) -> None:
-    """A walk-through of what ratingloop does today, on a fresh store in a temporary folder."""
+    """A walk-through of what ratingloop does today (on a fresh temporary store unless --db is given)."""
     from ratingloop.demo import run_demo
 
-    run_demo(out, err)
+    run_demo(out, err, db)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -29,8 +29,8 @@ from ratingloop.serve.auth import Caller, TokenSigner, authenticate
 from ratingloop.serve.errors import BodyLimit, error_response, install_error_handlers, json_response
 from ratingloop.serve.writer import GroupWriter
 from ratingloop.store import InteractionIn, Limits, RatingIn, UnitResult, WriteUnit, delete_user, open_engine
-from ratingloop.store.records import clean_interaction, clean_rating
 from ratingloop.store.jsonl import export_rating
+from ratingloop.store.records import clean_interaction, clean_rating
 from ratingloop.store.stats import store_stats
 from ratingloop.store.writes import new_id
 

@@ -69,7 +69,7 @@ class GroupWriter:
         except Exception as e:  # the database failed: every request in the group learns it
             log.exception("group commit of %d units failed", len(group))
             results = [e] * len(group)
-        for (_, future), result in zip(group, results):
+        for (_, future), result in zip(group, results, strict=True):
             future.get_loop().call_soon_threadsafe(_settle, future, result)
 
 

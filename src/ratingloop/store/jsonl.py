@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
 from ratingloop.errors import FieldError
+from ratingloop.store import tables as t
 from ratingloop.store.records import InteractionIn, Limits, clean_interaction, pydantic_errors
-from ratingloop.store.tables import Interaction, Rating
 from ratingloop.store.writes import WriteUnit, write_units
 
 CHUNK_LINES = 1000
@@ -101,7 +101,7 @@ def _write_chunk(engine: Engine, chunk: list[tuple[int, WriteUnit]], report: Imp
     if not chunk:
         return
     results = write_units(engine, [unit for _, unit in chunk])
-    for (number, _), result in zip(chunk, results):
+    for (number, _), result in zip(chunk, results, strict=True):
         if result.errors:
             if all(e.status == 410 for e in result.errors):
                 report.skipped_deleted += 1
@@ -124,22 +124,24 @@ def _write_chunk(engine: Engine, chunk: list[tuple[int, WriteUnit]], report: Imp
 
 def export_lines(engine: Engine, page: int = 1000) -> Iterator[bytes]:
     """Every interaction with its ratings, oldest first, one JSON line each (with the newline)."""
-    I, R = Interaction.__table__, Rating.__table__
+    I, R = t.interactions, t.ratings
     after: tuple[Any, str] | None = None
     with engine.connect() as conn:
         while True:
             query = select(I).order_by(I.c.created_at, I.c.id).limit(page)
             if after is not None:
-                query = query.where((I.c.created_at > after[0]) | ((I.c.created_at == after[0]) & (I.c.id > after[1])))
+                later = (I.c.created_at > after[0]) | ((I.c.created_at == after[0]) & (I.c.id > after[1]))
+                query = query.where(later)
             rows = conn.execute(query).mappings().all()
             if not rows:
                 return
-            ratings: dict[str, list[dict[str, Any]]] = {}
+            by_interaction: dict[str, list[dict[str, Any]]] = {}
             ids = [row["id"] for row in rows]
-            for r in conn.execute(select(R).where(R.c.interaction_id.in_(ids)).order_by(R.c.created_at, R.c.id)).mappings():
-                ratings.setdefault(r["interaction_id"], []).append(export_rating(r))
+            query_r = select(R).where(R.c.interaction_id.in_(ids)).order_by(R.c.created_at, R.c.id)
+            for r in conn.execute(query_r).mappings():
+                by_interaction.setdefault(r["interaction_id"], []).append(export_rating(r))
             for row in rows:
-                yield orjson.dumps(export_interaction(row, ratings.get(row["id"], []))) + b"\n"
+                yield orjson.dumps(export_interaction(row, by_interaction.get(row["id"], []))) + b"\n"
             after = (rows[-1]["created_at"], rows[-1]["id"])
 
 

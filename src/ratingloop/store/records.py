@@ -24,8 +24,18 @@ Kind = Literal["thumbs", "stars", "scale", "aspect", "comment", "correction", "i
 Source = Literal["end_user", "annotator", "simulated", "judge"]
 Id = Field(default=None, min_length=1, max_length=200)
 
-_THUMBS = {True: 1.0, False: -1.0, 1: 1.0, -1: -1.0, "up": 1.0, "down": -1.0, "+1": 1.0, "-1": -1.0,
-           "1": 1.0, "true": 1.0, "false": -1.0}
+_THUMBS_WORDS = {"up": 1.0, "down": -1.0, "+1": 1.0, "-1": -1.0, "1": 1.0, "true": 1.0, "false": -1.0}
+
+
+def _thumbs(v: object) -> float | None:
+    """A thumbs value as +1.0/-1.0: 1/-1, true/false, "up"/"down"; None if it is none of those."""
+    if isinstance(v, bool):
+        return 1.0 if v else -1.0
+    if isinstance(v, (int, float)):
+        return float(v) if v in (1, -1) else None
+    if isinstance(v, str):
+        return _THUMBS_WORDS.get(v.strip().lower())
+    return None
 
 
 class RatingIn(BaseModel):
@@ -131,7 +141,7 @@ def utc(dt: datetime | None) -> datetime | None:
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
-def pydantic_errors(err: ValidationError, prefix: str = "") -> list[FieldError]:
+def pydantic_errors(err: ValidationError | Any, prefix: str = "") -> list[FieldError]:
     """Pydantic's errors as FieldErrors with paths like ``ratings[0].value``."""
     out = []
     for e in err.errors(include_url=False):
@@ -205,16 +215,12 @@ def _check_value(r: RatingIn, bad: Any) -> tuple[float | None, tuple[float, floa
             bad("value", f"kind {r.kind!r} carries text, not a value")
         return None, None
     if r.kind == "thumbs":
-        key = v.lower() if isinstance(v, str) else v
         if r.scale is not None and tuple(r.scale) != (-1, 1):
             bad("scale", "thumbs have no scale: send value 1/-1, true/false or 'up'/'down'")
-        if isinstance(key, float) and key in (1.0, -1.0):
-            key = int(key)
-        if key is None or key not in _THUMBS or (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                 and v not in (1, -1)):
+        thumb = _thumbs(v)
+        if thumb is None:
             bad("value", f"thumbs must be 1 or -1 (also true/false, 'up'/'down'), got {v!r}")
-            return None, None
-        return _THUMBS[key], (-1.0, 1.0)
+        return thumb, (-1.0, 1.0)
     if r.kind == "implicit" and v is None:
         return None, None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):

@@ -7,15 +7,19 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from ratingloop.store.tables import DeletedUser, Interaction, ModelVersion, Rating
+from ratingloop.store.tables import deleted_users, interactions, model_versions, ratings
 
 
 def store_stats(engine: Engine) -> dict[str, Any]:
     """interactions, ratings, raters, ratings_by_kind, versions (DESIGN.md's fields) and a few more."""
-    I, R, V, D = Interaction.__table__, Rating.__table__, ModelVersion.__table__, DeletedUser.__table__
+    I, R, V, D = interactions, ratings, model_versions, deleted_users
     with engine.connect() as conn:
-        count = lambda t: conn.execute(select(func.count()).select_from(t)).scalar_one()  # noqa: E731
-        by = lambda col: dict(conn.execute(select(col, func.count()).group_by(col).order_by(col)).all())  # noqa: E731
+        def count(table: Any) -> int:
+            return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+        def by(column: Any) -> dict[str, int]:
+            return {k: v for k, v in conn.execute(select(column, func.count()).group_by(column).order_by(column))}
+
         rated = conn.execute(select(func.count(func.distinct(R.c.interaction_id)))).scalar_one()
         first, last = conn.execute(select(func.min(I.c.created_at), func.max(I.c.created_at))).one()
         last_rating = conn.execute(select(func.max(R.c.created_at))).scalar_one()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -162,3 +162,11 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(Json)
     status: Mapped[str] = mapped_column(String(20), index=True)  # candidate|active|rejected|retired
     traffic_share: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+# The tables as Core objects, for the write path's bulk statements.
+interactions: Table = Interaction.__table__  # type: ignore[assignment]
+ratings: Table = Rating.__table__  # type: ignore[assignment]
+raters: Table = Rater.__table__  # type: ignore[assignment]
+deleted_users: Table = DeletedUser.__table__  # type: ignore[assignment]
+model_versions: Table = ModelVersion.__table__  # type: ignore[assignment]

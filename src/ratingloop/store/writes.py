@@ -23,9 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
 from ratingloop.errors import FieldError
+from ratingloop.store import tables as t
 from ratingloop.store.db import write_transaction
 from ratingloop.store.records import CleanInteraction, CleanRating, canonical_hash
-from ratingloop.store.tables import DeletedUser, Interaction, Rater, Rating
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class _Snapshot:
         rids = {r.id for u in units for r in _ratings(u) if r.id}
         people = {i.user_id for u in units for i in u.interactions if i.user_id}
         people |= {r.rater_id for u in units for r in _ratings(u) if r.rater_id}
-        I, R = Interaction.__table__, Rating.__table__
+        I, R = t.interactions, t.ratings
         interactions = {
             row.id: {"content_hash": row.content_hash, "user_id": row.user_id}
             for row in _select_in(conn, select(I.c.id, I.c.content_hash, I.c.user_id), I.c.id, iids)
@@ -122,7 +122,7 @@ class _Snapshot:
         people |= {i["user_id"] for i in interactions.values() if i["user_id"]}  # askers rate by default
         by_key = {row.idempotency_key: row._asdict() for row in _select_in(conn, select(R), R.c.idempotency_key, keys)}
         taken = {row.id for row in _select_in(conn, select(R.c.id), R.c.id, rids)}
-        D = DeletedUser.__table__
+        D = t.deleted_users
         tomb = {row.user_hash: row.deleted_at for row in
                 _select_in(conn, select(D.c.user_hash, D.c.deleted_at), D.c.user_hash, {user_hash(p) for p in people})}
         return cls(interactions, by_key, taken, tomb)
@@ -147,11 +147,11 @@ class _Snapshot:
 
     def flush(self, conn: Connection, now: datetime) -> None:
         if self.new_interactions:
-            conn.execute(insert(Interaction.__table__), self.new_interactions)
+            conn.execute(insert(t.interactions), self.new_interactions)
         if self.new_ratings:
             raters = {r["rater_id"] for r in self.new_ratings}
-            _insert_missing(conn, Rater.__table__, [{"id": r, "first_seen_at": now} for r in sorted(raters)])
-            conn.execute(insert(Rating.__table__), self.new_ratings)
+            _insert_missing(conn, t.raters, [{"id": r, "first_seen_at": now} for r in sorted(raters)])
+            conn.execute(insert(t.ratings), self.new_ratings)
 
 
 def _ratings(unit: WriteUnit) -> Iterator[CleanRating]:
@@ -253,22 +253,21 @@ def _insert_missing(conn: Connection, table: Table, rows: list[dict[str, Any]]) 
     """INSERT ... ON CONFLICT DO NOTHING, in the dialect's own words."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    conn.execute(dialect_insert(table).on_conflict_do_nothing(), rows)
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
 
 
 def delete_user(engine: Engine, user_id: str) -> tuple[int, int]:
     """Remove a user's interactions (with every rating on them) and every rating they gave, and leave
     a tombstone so that no later import brings them back. Returns (interactions, ratings) removed."""
-    I, R, D = Interaction.__table__, Rating.__table__, DeletedUser.__table__
+    I, R, D = t.interactions, t.ratings, t.deleted_users
     with write_transaction(engine) as conn:
         theirs = select(I.c.id).where(I.c.user_id == user_id).scalar_subquery()
         n_ratings = conn.execute(delete(R).where((R.c.rater_id == user_id) | R.c.interaction_id.in_(theirs))).rowcount
         n_inter = conn.execute(delete(I).where(I.c.user_id == user_id)).rowcount
-        conn.execute(delete(Rater.__table__).where(Rater.__table__.c.id == user_id))
+        conn.execute(delete(t.raters).where(t.raters.c.id == user_id))
         h = user_hash(user_id)
         previous = conn.execute(select(D.c.interactions_deleted, D.c.ratings_deleted).where(D.c.user_hash == h)).first()
         conn.execute(delete(D).where(D.c.user_hash == h))

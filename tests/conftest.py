@@ -1,0 +1,120 @@
+"""Shared fixtures. Every store test runs on real SQLite and on real PostgreSQL.
+
+PostgreSQL: RATINGLOOP_TEST_POSTGRES_URL (default postgres@127.0.0.1:5432/test, trust auth). Each test
+gets its own schema, created and dropped around it. Unreachable PostgreSQL skips those tests locally
+and fails the run when CI=true, so a broken database never passes as a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from ratingloop.config import Settings
+from ratingloop.store.db import dispose_engines
+
+PG_URL = os.environ.get("RATINGLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+ADMIN_KEY = "test-admin-key"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test reads the developer's ~/.ratingloop or a stray RATINGLOOP_* variable."""
+    for name in list(os.environ):
+        if name.startswith("RATINGLOOP_") and name != "RATINGLOOP_TEST_POSTGRES_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("RATINGLOOP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)  # keeps a stray .env out
+    yield
+    dispose_engines()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    try:
+        engine = create_engine(PG_URL)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as e:  # noqa: BLE001 - any failure to connect means "no server"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {PG_URL} is unreachable under CI=true: {e}")
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {e}")
+    return PG_URL
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty schema on the real server, dropped after the test."""
+    schema = f"rl_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in pg_server else "?"
+    yield f"{pg_server}{sep}options=-csearch_path%3D{schema}"
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Both real databases: the test runs once on SQLite, once on PostgreSQL."""
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=db_url, data_dir=tmp_path / "data", admin_key=ADMIN_KEY)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def running_server(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """A real `ratingloop serve --backend none` process on a free port; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, "RATINGLOOP_ADMIN_KEY": ADMIN_KEY, "RATINGLOOP_DATA_DIR": str(tmp_path / "data")}
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ratingloop.cli", "serve", "--backend", "none", "--port", str(port),
+         "--db", db_url, "--no-access-log"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server did not start:\n{(tmp_path / 'server.log').read_text()}")
+        time.sleep(0.1)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=15)
+    log.close()
