@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
         inter, errors = clean_interaction(body, limits, lambda _h: new_id())
         if inter is None:
             raise InvalidInput(errors)
-        result = await write(WriteUnit(interactions=[inter]))
+        result = await write(WriteUnit(interactions=[inter], live=True))
         status = result.interactions[0][1]
         content = {"id": inter.id, "feedback_token": signer.sign(inter.id),
                    "ratings": [public_rating(row) for row, _ in result.ratings]}
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
         if rating is None:
             raise InvalidInput(errors)
         who.may_rate(rating.interaction_id)
-        result = await write(WriteUnit(ratings=[rating], vouched=who.admin))
+        result = await write(WriteUnit(ratings=[rating], vouched=who.admin, live=True))
         row, status = result.ratings[0]
         return json_response(public_rating(row), status)
 
@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
             raise InvalidInput(errors)
         for rating in ratings:
             who.may_rate(rating.interaction_id)
-        result = await write(WriteUnit(ratings=ratings, vouched=who.admin))
+        result = await write(WriteUnit(ratings=ratings, vouched=who.admin, live=True))
         created = sum(1 for _, status in result.ratings if status == 201)
         content = {"created": created, "replayed": len(result.ratings) - created,
                    "items": [{"id": row["id"], "status": status} for row, status in result.ratings]}

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -20,6 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ratingloop.errors import FieldError, InvalidInput, RatingloopError
 from ratingloop.store.records import pydantic_errors
+
+log = logging.getLogger(__name__)
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 410: "gone", 413: "request_too_large", 422: "invalid_value", 500: "internal_error"}
@@ -66,6 +69,12 @@ def install_error_handlers(app: FastAPI) -> None:
         field, _, _ = message.partition(":")
         param = field if " " not in field and field != message else None
         return error_response(exc.status, message=message, param=param)
+
+    @app.exception_handler(Exception)
+    async def _crash(_request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(500, message=f"internal error ({type(exc).__name__}); nothing was stored "
+                                           "unless a 2xx said so - retry with the same idempotency_key")
 
     @app.exception_handler(HTTPException)
     async def _http(_request: Request, exc: HTTPException) -> Response:

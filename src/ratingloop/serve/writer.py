@@ -39,6 +39,9 @@ class GroupWriter:
             self._thread = None
 
     async def write(self, unit: WriteUnit) -> UnitResult:
+        if self._thread is None:
+            raise RuntimeError("the writer is not running: serve the app with its lifespan "
+                               "(uvicorn does; in tests use `with TestClient(app)`)")
         future: asyncio.Future[UnitResult] = asyncio.get_running_loop().create_future()
         self._queue.put((unit, future))
         return await future

@@ -154,14 +154,21 @@ def number(value: float | None) -> float | int | None:
     return int(value) if value is not None and float(value).is_integer() else value
 
 
+def _sorted_keys(value: Any) -> Any:
+    """JSON with its object keys sorted: PostgreSQL's JSONB reorders keys and SQLite keeps them as sent,
+    so only a canonical order makes an export byte-identical whichever database it came from."""
+    return orjson.loads(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+
+
 def export_interaction(row: Any, ratings: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": row["id"], "messages": row["messages"], "response": row["response"]}
+    out: dict[str, Any] = {"id": row["id"], "messages": _sorted_keys(row["messages"]),
+                           "response": row["response"]}
     for key in ("user_id", "model", "conversation_id"):
         if row[key] is not None:
             out[key] = row[key]
     out["created_at"] = iso(row["created_at"])
     if row["tags"]:
-        out["tags"] = row["tags"]
+        out["tags"] = _sorted_keys(row["tags"])
     for key in ("latency_ms", "prompt_tokens", "completion_tokens"):
         if row[key] is not None:
             out[key] = row[key]

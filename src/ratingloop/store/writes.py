@@ -40,6 +40,7 @@ class WriteUnit:
     interactions: list[CleanInteraction] = field(default_factory=list)
     ratings: list[CleanRating] = field(default_factory=list)
     vouched: bool = True
+    live: bool = False  # sent through the API just now: a record without created_at is new, not history
 
 
 @dataclass
@@ -163,19 +164,19 @@ def _ratings(unit: WriteUnit) -> Iterator[CleanRating]:
 def _judge(unit: WriteUnit, view: _Snapshot, now: datetime) -> tuple[UnitResult, _Staged]:
     result, staged = UnitResult(), _Staged()
     for inter in unit.interactions:
-        status = _judge_interaction(inter, view, staged, now, result.errors)
+        status = _judge_interaction(inter, unit.live, view, staged, now, result.errors)
         if status:
             result.interactions.append((inter.id, status))
     if result.errors:  # the ratings of an interaction that cannot be stored are moot
         return result, staged
     for rating in _ratings(unit):
-        outcome = _judge_rating(rating, unit.vouched, view, staged, now, result.errors)
+        outcome = _judge_rating(rating, unit.vouched, unit.live, view, staged, now, result.errors)
         if outcome:
             result.ratings.append(outcome)
     return result, staged
 
 
-def _judge_interaction(inter: CleanInteraction, view: _Snapshot, staged: _Staged, now: datetime,
+def _judge_interaction(inter: CleanInteraction, live: bool, view: _Snapshot, staged: _Staged, now: datetime,
                        errors: list[FieldError]) -> int | None:
     known = staged.interactions.get(inter.id) or view.interactions.get(inter.id)
     if known is not None:
@@ -184,7 +185,7 @@ def _judge_interaction(inter: CleanInteraction, view: _Snapshot, staged: _Staged
                                            "send a new id", 409))
             return None
         return 200
-    when = view.deleted(inter.user_id, inter.created_at)
+    when = view.deleted(inter.user_id, inter.created_at or (now if live else None))
     if when is not None:
         errors.append(FieldError("user_id", f"user {inter.user_id!r} was deleted at {when.isoformat()}; "
                                             "their earlier data is not accepted again", 410))
@@ -198,7 +199,7 @@ def _judge_interaction(inter: CleanInteraction, view: _Snapshot, staged: _Staged
     return 201
 
 
-def _judge_rating(r: CleanRating, vouched: bool, view: _Snapshot, staged: _Staged, now: datetime,
+def _judge_rating(r: CleanRating, vouched: bool, live: bool, view: _Snapshot, staged: _Staged, now: datetime,
                   errors: list[FieldError]) -> tuple[dict[str, Any], int] | None:
     def bad(name: str, reason: str, status: int) -> None:
         errors.append(FieldError(f"{r.path}.{name}" if r.path else name, reason, status))
@@ -213,7 +214,7 @@ def _judge_rating(r: CleanRating, vouched: bool, view: _Snapshot, staged: _Stage
                         "only the admin key may name another rater", 403)
         return None
     rater = r.rater_id or asker
-    when = view.deleted(rater, r.created_at)
+    when = view.deleted(rater, r.created_at or (now if live else None))
     if when is not None:
         bad("rater_id", f"rater {rater!r} was deleted at {when.isoformat()}; "
                         "their earlier ratings are not accepted again", 410)
