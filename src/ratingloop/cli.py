@@ -175,6 +175,49 @@ def stats(db: Db = None, json_: Json = False) -> None:
     out.print(table)
 
 
+@app.command()
+def signals(
+    out_file: Annotated[Path, typer.Option("--out", help="JSONL file: one reward per rated interaction")],
+    db: Db = None,
+) -> None:
+    """Fit the rater model and write one debiased reward per interaction (with its confidence)."""
+    from dataclasses import asdict
+
+    import orjson
+
+    from ratingloop.signals.report import compute_signals
+
+    engine = _engine(db)
+    with err.status("fitting the rater model ..."):
+        result = compute_signals(engine)
+    with open(out_file, "wb") as f:
+        for row in result.interactions:
+            f.write(orjson.dumps(asdict(row)) + b"\n")
+    flagged = sum(r.flagged for r in result.raters)
+    out.print(f"{len(result.interactions)} interactions -> {out_file}; {len(result.raters)} raters, {flagged} flagged "
+              "(see `ratingloop raters`)", highlight=False)
+
+
+@app.command()
+def raters(db: Db = None, json_: Json = False) -> None:
+    """Per rater: ratings, bias (lenient > 0 > harsh), scale, reliability, and whether flagged and why."""
+    from dataclasses import asdict
+
+    from ratingloop.signals.report import compute_signals
+
+    with err.status("fitting the rater model ..."):
+        rows = compute_signals(_engine(db)).raters
+    rows = sorted(rows, key=lambda r: (not r.flagged, -r.n, r.rater_id))
+    if json_:
+        out.print_json(json.dumps([asdict(r) for r in rows]))
+        return
+    table = Table("rater", "n", "bias", "scale", "reliability", "flagged")
+    for r in rows:
+        table.add_row(r.rater_id, str(r.n), f"{r.bias:+.2f}", f"{r.scale:.2f}", f"{r.reliability:.2f}",
+                      "; ".join(r.reasons) if r.flagged else "")
+    out.print(table)
+
+
 @db_app.command("upgrade")
 def db_upgrade(db: Db = None) -> None:
     """Apply pending migrations (ratingloop also does this on first use)."""

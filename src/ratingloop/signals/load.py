@@ -1,0 +1,75 @@
+"""Stage 3, signals: read ratings (and interaction topics) from the store into flat arrays.
+
+Reads `ratings` and `interactions.tags` through SQLAlchemy Core, given an Engine; writes
+`LoadedRatings`: the `RawRatings` the model fits plus the string ids behind each index. Ratings are
+read in arrival order (created_at, then id) so that a later rating supersedes an earlier one.
+Nothing is written to the store here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Engine, select
+
+from ratingloop.signals.normalise import KIND_CODE
+from ratingloop.signals.observations import RawRatings
+from ratingloop.store import tables as t
+
+
+@dataclass(frozen=True)
+class LoadedRatings:
+    raw: RawRatings
+    interaction_ids: list[str]  # item index -> interaction id
+    rater_ids: list[str]  # rater index -> rater id
+    topic: np.ndarray  # int (n_items,): index into topic_names, -1 where the interaction has no topic
+    topic_names: tuple[str, ...]
+
+
+def load_ratings(engine: Engine, topic_tag: str = "topic") -> LoadedRatings:
+    """Every stored rating, oldest first. A rating without a rater id counts as its own rater."""
+    r = t.ratings.c
+    query = select(r.id, r.interaction_id, r.rater_id, r.kind, r.aspect, r.value, r.scale_min, r.scale_max,
+                   r.signal, r.text).order_by(r.created_at, r.id)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+        item_ids = sorted({row.interaction_id for row in rows})
+        tags = _tags(conn, item_ids) if rows else {}
+    item_index = {iid: k for k, iid in enumerate(item_ids)}
+    raters = [row.rater_id if row.rater_id is not None else f"?{row.id}" for row in rows]
+    rater_ids = sorted(set(raters))
+    rater_index = {rid: k for k, rid in enumerate(rater_ids)}
+    aspect_names = ("overall", *sorted({row.aspect for row in rows} - {"overall"}))
+    aspect_index = {a: k for k, a in enumerate(aspect_names)}
+
+    def col(values: list[float | None]) -> np.ndarray:
+        return np.asarray([np.nan if v is None else v for v in values], float)
+
+    raw = RawRatings(
+        rater=np.asarray([rater_index[x] for x in raters], np.int64),
+        item=np.asarray([item_index[row.interaction_id] for row in rows], np.int64),
+        kind=np.asarray([KIND_CODE[row.kind] for row in rows], np.int64),
+        aspect=np.asarray([aspect_index[row.aspect] for row in rows], np.int64),
+        value=col([row.value for row in rows]),
+        scale_min=col([row.scale_min for row in rows]), scale_max=col([row.scale_max for row in rows]),
+        n_raters=len(rater_ids), n_items=len(item_ids), aspects=aspect_names,
+        signal=[row.signal for row in rows], text=[row.text for row in rows],
+    )
+    topics = [str(tags.get(iid, {}).get(topic_tag)) if tags.get(iid, {}).get(topic_tag) is not None else None
+              for iid in item_ids]
+    topic_names = tuple(sorted({x for x in topics if x is not None}))
+    topic_index = {name: k for k, name in enumerate(topic_names)}
+    topic = np.asarray([topic_index[x] if x is not None else -1 for x in topics], np.int64)
+    return LoadedRatings(raw=raw, interaction_ids=item_ids, rater_ids=rater_ids, topic=topic, topic_names=topic_names)
+
+
+def _tags(conn: object, item_ids: list[str], chunk: int = 500) -> dict[str, dict]:
+    """Tags of the rated interactions, fetched in chunks (SQLite caps bound parameters)."""
+    i = t.interactions.c
+    out: dict[str, dict] = {}
+    for k in range(0, len(item_ids), chunk):
+        part = item_ids[k:k + chunk]
+        for row in conn.execute(select(i.id, i.tags).where(i.id.in_(part))):  # type: ignore[attr-defined]
+            out[row.id] = row.tags or {}
+    return out

@@ -1,0 +1,252 @@
+"""Stage 3, signals: the rater model — interaction quality and rater offset, scale and noise, fitted
+jointly on every rating (thumbs and stars in one likelihood).
+
+Reads `Observations` (flat arrays) and an optional prior on quality (`signals.prior`); writes
+`RaterFit` (per interaction: quality mean and variance; per rater: a, b, sigma^2 and their
+uncertainty). The model, a continuous Dawid-Skene in the spirit of Raykar et al. 2010 and of
+reviewer calibration (Paul 1981; Flach et al. 2010):
+
+    q_i ~ N(m0_i, v0_i)                      quality of interaction i (population-standardised)
+    y*_ri = a_r q_i + b_r + e,  e ~ N(0, s2_r)    what rater r perceives, in reward units
+    stars / scale / aspects: the reward is y*  (Gaussian)
+    thumbs: up iff y* > 0                    (probit; Albert-Chib augmentation, truncated-normal E-step)
+    a_r ~ N(mu_a, (tau_a_rel mu_a)^2),  b_r ~ N(mu_b, tau_b^2),  s2_r ~ scaled-inv-chi2(nu, s2_0)
+
+a_r is the rater's scale (how strongly quality moves their rating; negative = inverted), b_r their
+offset (lenient > 0 > harsh), s2_r their noise. The priors shrink raters with few ratings towards
+the population (mu_a, mu_b, s2_0 are re-estimated each round from well-observed raters: empirical
+Bayes), so a rater with 2 ratings is pulled in and one with 200 is trusted on their own data. The
+N(0, 1) prior on q fixes location and scale; the sign is fixed by the typical rater (mu_a > 0).
+
+Fitting is coordinate ascent with closed-form updates over flat arrays (np.bincount), no loops over
+ratings or raters (~0.15-0.2 s per iteration for 1M ratings on 2 cores). One departure from plain
+EM: a rater's (a, b) are regressed on E[q | everyone else's ratings] (leave-one-out), not on a
+posterior that contains their own rating. That keeps raters from confirming themselves, gives
+troll tests honest evidence, and leaves a at its prior on single-rated interactions, where scale
+and noise cannot be told apart. A thumbs-only rater's noise stays at the population's s2_0 (a
+probit fixes a and b only relative to it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import erfcx, log_ndtr
+
+from ratingloop.signals.observations import Observations
+
+log = logging.getLogger(__name__)
+_SQRT_2PI = np.sqrt(2.0 * np.pi)
+_SQRT_2_OVER_PI = np.sqrt(2.0 / np.pi)
+_INV_SQRT2 = 1.0 / np.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    max_iter: int = 20
+    tol: float = 5e-3  # stop when no quality mean moves more than this (q has sd ~1); ranks settle first
+    tau_a_rel: float = 0.75  # prior sd of a rater's scale, relative to the typical scale mu_a
+    tau_b_bounds: tuple[float, float] = (0.05, 0.6)  # prior sd of offsets, estimated within these
+    nu: float = 4.0  # pseudo-ratings behind the population noise level s2_0
+    s2_floor: float = 2e-3  # no rater is noiseless: keeps a constant rater from dominating
+    weak_noise_var: float = 1.0  # noise of implicit/comment signals (a careful star rating: ~0.05)
+    hyper_min: int = 5  # raters with this many ratings inform the population (mu_a, mu_b, s2_0)
+
+
+@dataclass(frozen=True)
+class RaterFit:
+    quality: np.ndarray  # (n_items,) posterior mean of q
+    quality_var: np.ndarray  # (n_items,) posterior variance of q
+    prior_var: np.ndarray  # (n_items,) prior variance of q, for confidence
+    a: np.ndarray  # (n_raters,) scale
+    b: np.ndarray  # (n_raters,) offset, reward units
+    s2: np.ndarray  # (n_raters,) noise variance, reward units
+    a_var: np.ndarray  # (n_raters,) posterior variance of a
+    b_var: np.ndarray  # (n_raters,) posterior variance of b
+    n: np.ndarray  # (n_raters,) main-channel ratings
+    weight: np.ndarray  # (n_raters,) 1 = counts towards quality, 0 = excluded (flagged)
+    mu_a: float
+    mu_b: float
+    s2_0: float
+    tau_b: float
+    iterations: int
+    converged: bool
+    z: np.ndarray  # (m,) per rating: y* (the reward, or E[y* | thumbs] for a thumbs)
+    m_cav: np.ndarray  # (m,) per rating: E[q | all but this rating], what the others say
+    info: np.ndarray  # (m,) per rating: observed information weight (1 for stars, < 1 for a thumbs)
+
+    def reward(self) -> np.ndarray:
+        """What a typical, calibrated rater would give, in [-1, 1]: mu_a * q + mu_b."""
+        return np.clip(self.mu_a * self.quality + self.mu_b, -1.0, 1.0)
+
+    def confidence(self) -> np.ndarray:
+        """1 - posterior sd / prior sd of q: 0 with no evidence, -> 1 as ratings agree."""
+        return np.clip(1.0 - np.sqrt(self.quality_var / self.prior_var), 0.0, 1.0)
+
+    def reliability(self) -> np.ndarray:
+        """Share of a rater's rating variance that is quality, a^2 / (a^2 + s2); 0 if inverted."""
+        return np.maximum(self.a, 0.0) ** 2 / (self.a**2 + self.s2)
+
+
+def fit_raters(
+    obs: Observations,
+    cfg: ModelConfig = ModelConfig(),
+    weight: np.ndarray | None = None,
+    prior_mean: np.ndarray | None = None,
+    prior_var: np.ndarray | None = None,
+    init: RaterFit | None = None,
+) -> RaterFit:
+    """Fit quality and rater parameters. Raters with weight 0 get their parameters estimated against
+    everyone else's consensus (for reporting) but do not move quality."""
+    R, N = obs.n_raters, obs.n_items
+    # Thumbs first, then Gaussian ratings: each step then works on a slice, not a gathered copy.
+    perm = np.argsort(~obs.binary, kind="stable")
+    r, i, x = obs.rater[perm], obs.item[perm], obs.value[perm]
+    nb = int(obs.binary.sum())
+    up = x[:nb] > 0
+    wr = np.ones(R) if weight is None else np.asarray(weight, float)
+    w = None if weight is None else wr[r]  # per-rating weight, None when everyone counts
+    m0 = np.zeros(N) if prior_mean is None else np.asarray(prior_mean, float)
+    v0 = np.ones(N) if prior_var is None else np.asarray(prior_var, float)
+    n = np.bincount(r, minlength=R).astype(float)
+    n_gauss: np.ndarray = np.zeros(R)  # Gaussian ratings per rater, counted by how much they say about noise
+
+    if init is not None:
+        m, v, a, b, s2 = init.quality.copy(), init.quality_var.copy(), init.a.copy(), init.b.copy(), init.s2.copy()
+        mu_a, mu_b, s2_0, tau_b = init.mu_a, init.mu_b, init.s2_0, init.tau_b
+        z = x.copy()
+        z[:nb] = _truncated_mean(a[r[:nb]] * m[i[:nb]] + b[r[:nb]], np.sqrt(s2[r[:nb]]), up)
+        own_prec, own_num = _own(a, b, s2, r, z, w)
+        m_cav, v_cav, _ = _cavity(m, v, i, own_prec, own_num)
+    else:
+        m, v = _naive_start(r, i, x, N, wr[r])
+        # The first rater step regresses on the plain majority (self included), as Dawid-Skene starts:
+        # leaving oneself out this early lets a colluding minority look like the consensus to each
+        # honest rater (3 honest vs 2 identical inverters: every honest rater's "others" tie).
+        m_cav, v_cav = m[i], np.ones(len(i))
+        mu_a, mu_b, s2_0, tau_b = 0.5, 0.0, 0.05, 0.3
+        z = x.copy()
+        z[:nb] *= 0.4  # E[y*|sign] for a typical rater, before any fit
+        s2 = np.full(R, s2_0)
+    it, converged = 0, False
+    for it in range(1, cfg.max_iter + 1):  # noqa: B007 - `it` is reported after the loop
+        # Rater step: (a, b) jointly, a 2x2 ridge regression of y* on the quality the *other* raters
+        # (and the prior) imply — E[q | everyone but r]. Regressing on that is unbiased for the
+        # slope, keeps a rater from confirming themselves, and leaves a at the population prior
+        # where nobody else rated (single-rated items cannot tell scale from noise).
+        tau_a2 = (cfg.tau_a_rel * mu_a) ** 2
+        inv_s2 = 1.0 / s2
+        A00 = np.bincount(r, m_cav * m_cav, R) * inv_s2 + 1.0 / tau_a2
+        A01 = np.bincount(r, m_cav, R) * inv_s2
+        A11 = n * inv_s2 + 1.0 / tau_b**2
+        y0 = np.bincount(r, m_cav * z, R) * inv_s2 + mu_a / tau_a2
+        y1 = np.bincount(r, z, R) * inv_s2 + mu_b / tau_b**2
+        det = A00 * A11 - A01 * A01
+        a, b = (y0 * A11 - A01 * y1) / det, (A00 * y1 - A01 * y0) / det
+        # Noise step: only Gaussian ratings inform s2 (thumbs fix a / s only up to scale); the part
+        # of the residual that the others' uncertainty about q explains (a^2 v_cav) is not noise.
+        # A rating of an interaction nobody else rated says nothing about noise vs scale, so each
+        # rating counts by how much the others pin q down (1 - v_cav / v0; 0 when single-rated).
+        rg = r[nb:]
+        ag = a[rg]
+        known = np.clip(1.0 - v_cav[nb:] / v0[i[nb:]], 0.0, 1.0)
+        resid = known * ((x[nb:] - ag * m_cav[nb:] - b[rg]) ** 2 - ag * ag * v_cav[nb:])
+        n_gauss = np.bincount(rg, known, R)
+        s2 = np.maximum((cfg.nu * s2_0 + np.bincount(rg, resid, R)) / (cfg.nu + n_gauss), cfg.s2_floor)
+        mu_a, mu_b, s2_0, tau_b = _population(a, b, s2, n, n_gauss, wr, cfg, (mu_a, mu_b, s2_0, tau_b))
+        # Quality step: Gaussian posterior of q given every unflagged rater's y* and the weak signals.
+        own_prec, own_num = _own(a, b, s2, r, z, w)
+        prec = 1.0 / v0 + np.bincount(i, own_prec, N)
+        num = m0 / v0 + np.bincount(i, own_num, N)
+        if len(obs.weak_item):
+            ww = wr[obs.weak_rater] / cfg.weak_noise_var
+            prec += np.bincount(obs.weak_item, ww * mu_a**2, N)
+            num += np.bincount(obs.weak_item, ww * mu_a * obs.weak_value, N)
+        v = 1.0 / prec
+        m_new = num * v
+        shift = float(np.max(np.abs(m_new - m))) if N else 0.0
+        m = m_new
+        m_cav, v_cav, m_i = _cavity(m, v, i, own_prec, own_num)
+        # E-step for thumbs: E[y* | sign, current params], a truncated normal
+        rb = r[:nb]
+        z[:nb] = _truncated_mean(a[rb] * m_i[:nb] + b[rb], np.sqrt(s2[rb]), up)
+        if shift < cfg.tol:
+            converged = True
+            break
+    log.debug("rater model: %d iterations, converged=%s, mu_a=%.3f mu_b=%.3f", it, converged, mu_a, mu_b)
+    # Uncertainty of (a, b) from the observed information: augmentation treats a thumbs as if its
+    # y* were seen, which would overstate what a thumbs says (most of all when it was predictable).
+    info = np.ones(len(x))
+    info[:nb] = _probit_information((a[r[:nb]] * m_cav[:nb] + b[r[:nb]]) / np.sqrt(s2[r[:nb]]))
+    tau_a2 = (cfg.tau_a_rel * mu_a) ** 2
+    A00 = np.bincount(r, info * m_cav * m_cav, R) / s2 + 1.0 / tau_a2
+    A01 = np.bincount(r, info * m_cav, R) / s2
+    A11 = np.bincount(r, info, R) / s2 + 1.0 / tau_b**2
+    det = A00 * A11 - A01 * A01
+    back = np.empty_like(perm)
+    back[perm] = np.arange(len(perm))  # per-rating outputs in the caller's order
+    return RaterFit(quality=m, quality_var=v, prior_var=v0, a=a, b=b, s2=s2, a_var=A11 / det, b_var=A00 / det,
+                    n=n, weight=wr, mu_a=mu_a, mu_b=mu_b, s2_0=s2_0, tau_b=tau_b, iterations=it,
+                    converged=converged, z=z[back], m_cav=m_cav[back], info=info[back])
+
+
+def _own(a: np.ndarray, b: np.ndarray, s2: np.ndarray, r: np.ndarray, z: np.ndarray, w: np.ndarray | None
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Per rating: its precision and precision-weighted evidence about q, a^2/s2 and a (y* - b)/s2."""
+    prec, num = (a * a / s2)[r], (a / s2)[r] * (z - b[r])
+    return (prec, num) if w is None else (w * prec, w * num)
+
+
+def _probit_information(eta: np.ndarray) -> np.ndarray:
+    """Fisher information of one probit observation relative to a Gaussian one: phi^2 / (Phi (1 - Phi))."""
+    log_phi = -0.5 * eta * eta - np.log(_SQRT_2PI)
+    return np.exp(2 * log_phi - log_ndtr(eta) - log_ndtr(-eta))
+
+
+def _truncated_mean(mu: np.ndarray, s: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """E[y*] for y* ~ N(mu, s^2) given its sign: mu +/- s * phi(t) / Phi(t), t = +/-mu/s.
+
+    phi(t) / Phi(t) = sqrt(2/pi) / erfcx(-t / sqrt 2): stable in both tails and cheap.
+    """
+    sign = np.where(up, 1.0, -1.0)
+    t = sign * mu / s
+    return mu + sign * s * (_SQRT_2_OVER_PI / erfcx(-t * _INV_SQRT2))
+
+
+def _cavity(m: np.ndarray, v: np.ndarray, i: np.ndarray, own_prec: np.ndarray, own_num: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per rating: mean and variance of q given everything except that rating (leave-one-out), and
+    E[q] given everything."""
+    m_i, inv_v = m[i], (1.0 / v)[i]
+    v_cav = 1.0 / (inv_v - own_prec)
+    return (m_i * inv_v - own_num) * v_cav, v_cav, m_i
+
+
+def _naive_start(r: np.ndarray, i: np.ndarray, x: np.ndarray, n_items: int, w: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised per-item mean reward and a variance: a start that the honest majority orients."""
+    cnt = np.bincount(i, w, n_items)
+    mean = np.bincount(i, w * x, n_items) / np.maximum(cnt, 1.0)
+    rated = cnt > 0
+    centre = float(mean[rated].mean()) if rated.any() else 0.0
+    sd = (float(mean[rated].std()) if rated.sum() > 1 else 1.0) or 1.0
+    return np.where(rated, (mean - centre) / sd, 0.0), np.full(n_items, 0.5)
+
+
+def _population(a: np.ndarray, b: np.ndarray, s2: np.ndarray, n: np.ndarray, n_gauss: np.ndarray,
+                wr: np.ndarray, cfg: ModelConfig, old: tuple[float, float, float, float]
+                ) -> tuple[float, float, float, float]:
+    """Empirical-Bayes population: medians (robust to the trolls still in) over well-observed raters."""
+    mu_a, mu_b, s2_0, tau_b = old
+    known = (n >= cfg.hyper_min) & (wr > 0)
+    if known.sum() >= 3:
+        mu_a = max(float(np.median(a[known])), 0.05)  # the typical rater tracks quality: fixes the sign
+        mu_b = float(np.median(b[known]))
+        mad = float(np.median(np.abs(b[known] - mu_b))) * 1.4826
+        tau_b = float(np.clip(mad, *cfg.tau_b_bounds))
+    gauss = (n_gauss >= cfg.hyper_min) & (wr > 0)
+    if gauss.sum() >= 3:
+        s2_0 = max(float(np.median(s2[gauss])), cfg.s2_floor)
+    return mu_a, mu_b, s2_0, tau_b

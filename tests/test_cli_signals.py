@@ -1,0 +1,43 @@
+"""`ratingloop signals` and `ratingloop raters` on the example file, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ratingloop.cli import app
+
+runner = CliRunner()
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "support-chat.jsonl"
+
+
+def test_signals_and_raters_on_the_example_store(sqlite_url: str, tmp_path: Path) -> None:
+    assert runner.invoke(app, ["import", str(EXAMPLES), "--db", sqlite_url]).exit_code == 0
+    out = tmp_path / "signals.jsonl"
+    result = runner.invoke(app, ["signals", "--out", str(out), "--db", sqlite_url])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 48  # every example interaction is rated
+    for row in rows:
+        assert set(row) == {"interaction_id", "reward", "confidence", "n_ratings", "aspects"}
+        assert -1 <= row["reward"] <= 1 and 0 <= row["confidence"] <= 1 and row["n_ratings"] >= 1
+    # the example pairs a good and a poor answer to each question (odd ids good, even ids poor)
+    by_id = {r["interaction_id"]: r["reward"] for r in rows}
+    good = [by_id[f"chat-{n:03d}"] for n in range(1, 49, 2)]
+    poor = [by_id[f"chat-{n:03d}"] for n in range(2, 49, 2)]
+    assert sum(g > p for g, p in zip(good, poor, strict=True)) >= 22
+
+    result = runner.invoke(app, ["raters", "--json", "--db", sqlite_url])
+    assert result.exit_code == 0, result.output
+    raters = json.loads(result.stdout)
+    assert {r["rater_id"] for r in raters} >= {"ann-maria", "ann-kofi"}
+    assert all({"rater_id", "n", "bias", "scale", "reliability", "flagged", "reasons"} <= set(r) for r in raters)
+    assert sum(r["n"] for r in raters) > 0
+
+
+def test_signals_on_an_empty_store_says_so_and_fails(sqlite_url: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["signals", "--out", str(tmp_path / "s.jsonl"), "--db", sqlite_url])
+    assert result.exit_code != 0
+    assert "no ratings" in str(result.exception) + result.output
