@@ -16,8 +16,8 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, Header
-from pydantic import BaseModel, Field
+from fastapi import FastAPI, Header, Request
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -30,7 +30,7 @@ from ratingloop.serve.errors import BodyLimit, error_response, install_error_han
 from ratingloop.serve.writer import GroupWriter
 from ratingloop.store import InteractionIn, Limits, RatingIn, UnitResult, WriteUnit, delete_user, open_engine
 from ratingloop.store.jsonl import export_rating
-from ratingloop.store.records import clean_interaction, clean_rating
+from ratingloop.store.records import clean_interaction, clean_rating, pydantic_errors
 from ratingloop.store.stats import store_stats
 from ratingloop.store.writes import new_id
 
@@ -87,9 +87,18 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
                    "ratings": [public_rating(row) for row, _ in result.ratings]}
         return json_response(content, status, headers={"X-Interaction-Id": inter.id})
 
-    @app.post("/v1/feedback", status_code=201, summary="Rate an interaction (201 new, 200 replayed key)")
-    async def feedback(body: RatingIn, authorization: str | None = Header(None)) -> Response:
-        who = caller(authorization, body.feedback_token)
+    # The hottest endpoint reads its body itself: pydantic-core parses and validates the JSON in one
+    # pass, skipping FastAPI's generic body handling (measured: a third of the per-request CPU).
+    # The schema is declared for /docs all the same.
+    @app.post("/v1/feedback", status_code=201, summary="Rate an interaction (201 new, 200 replayed key)",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": RatingIn.model_json_schema()}}}})
+    async def feedback(request: Request) -> Response:
+        try:
+            body = RatingIn.model_validate_json(await request.body())
+        except ValidationError as e:
+            raise InvalidInput(pydantic_errors(e)) from None
+        who = caller(request.headers.get("authorization"), body.feedback_token)
         rating, errors = clean_rating(body, limits)
         if rating is None:
             raise InvalidInput(errors)
@@ -98,10 +107,16 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
         row, status = result.ratings[0]
         return json_response(public_rating(row), status)
 
-    @app.post("/v1/feedback/batch", status_code=201, summary="Many ratings, stored all together or not at all")
-    async def feedback_batch(body: FeedbackBatch, authorization: str | None = Header(None)) -> Response:
+    @app.post("/v1/feedback/batch", status_code=201, summary="Many ratings, stored all together or not at all",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": FeedbackBatch.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+    async def feedback_batch(request: Request) -> Response:
+        try:
+            body = FeedbackBatch.model_validate_json(await request.body())
+        except ValidationError as e:
+            raise InvalidInput(pydantic_errors(e)) from None
         tokens = {item.feedback_token for item in body.items} - {None}
-        who = caller(authorization, tokens.pop() if len(tokens) == 1 else None)
+        who = caller(request.headers.get("authorization"), tokens.pop() if len(tokens) == 1 else None)
         if len(body.items) > settings.max_batch_items:
             return error_response(422, [FieldError("items", f"{len(body.items)} items; the limit is "
                                                    f"{settings.max_batch_items} (RATINGLOOP_MAX_BATCH_ITEMS)")])

@@ -155,6 +155,9 @@ def pydantic_errors(err: ValidationError | Any, prefix: str = "") -> list[FieldE
         for part in loc:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         reason = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        if e["type"] == "json_invalid":
+            out.append(FieldError(path or "body", "not valid JSON: " + e["msg"].removeprefix("Invalid JSON: ")))
+            continue
         if e["type"] not in ("missing", "extra_forbidden") and "input" in e:
             reason += f" (got {_short(e['input'])})"
         out.append(FieldError(path or "body", reason))
