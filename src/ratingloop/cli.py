@@ -218,6 +218,27 @@ def raters(db: Db = None, json_: Json = False) -> None:
     out.print(table)
 
 
+@app.command()
+def build(
+    format: Annotated[str, typer.Option("--format", help="sft | kto | dpo | reward | weighted")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for train/, eval/, *.jsonl and manifest.json")],
+    config: Annotated[Optional[Path], typer.Option(help="TOML file; its [build] table overrides defaults")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="build.KEY=VALUE (repeatable)")] = None,
+    db: Db = None,
+) -> None:
+    """Build a training set in TRL's format from the debiased rewards, with a manifest and a snapshot."""
+    from ratingloop.build import BuildConfig, build_dataset
+    from ratingloop.pipeline_config import load_section
+
+    cfg = load_section(BuildConfig, "build", config, set_)
+    with err.status(f"building {format} ..."):
+        result = build_dataset(_engine(db), format, out_dir, cfg)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    out.print(f"{format}: {result.n_train} train + {result.n_eval} eval rows -> {out_dir} "
+              f"(snapshot {result.snapshot_id}, hash {result.content_hash[:12]})", highlight=False)
+
+
 @db_app.command("upgrade")
 def db_upgrade(db: Db = None) -> None:
     """Apply pending migrations (ratingloop also does this on first use)."""

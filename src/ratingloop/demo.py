@@ -115,8 +115,23 @@ def _walk_through(base: str, db: str, out: Console) -> None:
     for kind, n in stats["ratings_by_kind"].items():
         table.add_row(f"  {kind}", str(n))
     out.print(table)
-    out.print("\n[bold]Next[/]: cleaning these ratings of rater bias and trolls (signals), building training "
-              "sets, fine-tuning and the evaluation gate arrive in the next issues; this demo grows with them.")
+
+    step("The rater model: one debiased reward per interaction (ratingloop signals / raters)")
+    from ratingloop.signals.report import compute_signals
+    from ratingloop.store import open_engine
+
+    result = compute_signals(open_engine(db))
+    raters = Table("rater", "ratings", "bias", "scale", "reliability", "flagged")
+    for r in sorted(result.raters, key=lambda r: -r.n)[:6]:
+        raters.add_row(r.rater_id, str(r.n), f"{r.bias:+.2f}", f"{r.scale:.2f}", f"{r.reliability:.2f}",
+                       "; ".join(r.reasons) if r.flagged else "")
+    out.print(raters)
+    rewards = Table("interaction", "reward", "confidence", "ratings")
+    for s in sorted(result.interactions, key=lambda s: -s.confidence)[:4]:
+        rewards.add_row(s.interaction_id, f"{s.reward:+.2f}", f"{s.confidence:.2f}", str(s.n_ratings))
+    out.print(rewards)
+    out.print("\n[bold]Next[/]: training sets from these rewards, fine-tuning and the evaluation gate arrive "
+              "in the next issues; this demo grows with them.")
 
 
 class _Steps:

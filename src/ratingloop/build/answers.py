@@ -1,0 +1,152 @@
+"""Stage 4, build: the store and the signals -> the answers and corrections a format chooses from.
+
+Reads `interactions` and `ratings` through SQLAlchemy Core and the `SignalsResult` of
+`ratingloop.signals.report.compute_signals` (rewards with confidence; flagged raters). Writes nothing.
+
+- Each rated interaction becomes an `Answer` with its reward's sd, `prior_sd * (1 - confidence)`.
+- Ratings of flagged raters never enter a build: signals already left them out of the rewards, and
+  here their corrections and rating ids are left out too. Deleted users are gone from the store.
+- Identical (prompt, response) answers are merged (de-duplication): the merged reward is the
+  precision-weighted mean and its sd shrinks as 1/sqrt(sum of precisions), as for independent
+  measurements of one quantity. Without this, a popular canned answer would count many times.
+- Only the latest rating per (interaction, rater, aspect, kind) counts, as in signals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, Engine, select
+
+from ratingloop.build.config import BuildConfig
+from ratingloop.build.rows import Answer, Correction, FilterLog, Message, prompt_key
+from ratingloop.build.scrub import scrub, scrub_messages
+from ratingloop.signals.report import SignalsResult
+from ratingloop.store import tables as t
+
+CHUNK = 500  # ids per IN (...) query; SQLite caps bound parameters
+SD_FLOOR = 1e-3  # no reward is exact; keeps precision weights finite
+
+
+@dataclass
+class Pool:
+    answers: list[Answer] = field(default_factory=list)
+    corrections: list[Correction] = field(default_factory=list)
+    log: FilterLog = field(default_factory=FilterLog)
+    n_interactions: int = 0
+    n_scrubbed: int = 0  # answers or corrections whose text PII scrubbing changed
+
+
+def load_pool(engine: Engine, signals: SignalsResult, cfg: BuildConfig) -> Pool:
+    """Answers (merged when identical) and corrections, with every drop recorded in `pool.log`."""
+    flagged = {r.rater_id for r in signals.raters if r.flagged}
+    sds = reward_sds(signals, cfg)
+    pool = Pool(n_interactions=len(signals.interactions))
+    ids = [s.interaction_id for s in signals.interactions]
+    with engine.connect() as conn:
+        convo = _interactions(conn, ids)
+        ratings = _latest_ratings(conn, ids, flagged)
+
+    singles: list[Answer] = []
+    corrections: list[tuple[str, str, str]] = []  # (interaction id, rating id, text)
+    no_ratings = empty = 0
+    for s in signals.interactions:
+        used = ratings.get(s.interaction_id, [])
+        if s.n_ratings == 0 or not used:
+            no_ratings += 1  # every rating came from a flagged rater: the reward is only the prior
+            continue
+        messages, response = convo[s.interaction_id]
+        if not response.strip() or not messages:
+            empty += 1
+            continue
+        prompt = [{"role": str(m["role"]), "content": str(m.get("content") or "")} for m in messages]
+        if cfg.scrub_pii:
+            clean_prompt, clean_response = scrub_messages(prompt), scrub(response)
+            pool.n_scrubbed += (clean_prompt != prompt) + (clean_response != response)
+            prompt, response = clean_prompt, clean_response
+        singles.append(Answer(prompt, prompt_key(prompt), response, s.reward, sds[s.interaction_id], s.confidence,
+                              (s.interaction_id,), tuple(rid for rid, _, _ in used)))
+        corrections += [(s.interaction_id, rid, text) for rid, kind, text in used if kind == "correction" and text]
+    pool.log.add("no_unflagged_ratings", no_ratings, "interactions were rated only by flagged raters")
+    pool.log.add("empty", empty, "interactions have an empty prompt or response")
+    pool.answers = merge_duplicates(singles, pool.log) if cfg.dedupe else singles
+    pool.corrections = _corrections(pool, corrections, cfg)
+    return pool
+
+
+def reward_sds(signals: SignalsResult, cfg: BuildConfig) -> dict[str, float]:
+    """Per interaction, the reward's sd: prior sd (reward units) times (1 - confidence). The prior sd
+    is mu_a * sqrt(prior var of quality) from the fit, since reward = mu_a * quality + mu_b."""
+    fit = signals.fit
+    out = {}
+    for k, s in enumerate(signals.interactions):
+        prior_sd = cfg.reward_prior_sd or float(fit.mu_a * math.sqrt(fit.prior_var[k]))
+        out[s.interaction_id] = max(prior_sd * (1.0 - s.confidence), SD_FLOOR)
+    return out
+
+
+def merge_duplicates(answers: list[Answer], log: FilterLog) -> list[Answer]:
+    groups: dict[tuple[str, str], list[Answer]] = defaultdict(list)
+    for a in answers:
+        groups[(a.prompt_key, a.completion)].append(a)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        w = [1.0 / a.sd**2 for a in group]
+        sd = 1.0 / math.sqrt(sum(w))
+        reward = sum(wi * a.reward for wi, a in zip(w, group, strict=True)) / sum(w)
+        # confidence on the same footing as signals: 1 - sd / prior sd, the prior sd recovered from a member
+        prior_sd = max(a.sd / max(1.0 - a.confidence, 1e-9) for a in group)
+        merged.append(Answer(group[0].prompt, group[0].prompt_key, group[0].completion, reward, sd,
+                             min(max(1.0 - sd / prior_sd, 0.0), 1.0),
+                             tuple(i for a in group for i in a.interaction_ids),
+                             tuple(r for a in group for r in a.rating_ids)))
+    log.add("duplicate_answers", len(answers) - len(merged),
+            "duplicate (prompt, response) answers merged into one (precision-weighted reward)")
+    return merged
+
+
+def _corrections(pool: Pool, found: list[tuple[str, str, str]], cfg: BuildConfig) -> list[Correction]:
+    by_interaction = {iid: a for a in pool.answers for iid in a.interaction_ids}
+    out, same = [], 0
+    for iid, rating_id, text in found:
+        answer = by_interaction[iid]
+        text = scrub(text) if cfg.scrub_pii else text
+        if text.strip() == answer.completion.strip():
+            same += 1
+            continue
+        out.append(Correction(text, rating_id, answer))
+    pool.log.add("correction_same_as_answer", same, "corrections repeat the answer they correct")
+    return out
+
+
+def _interactions(conn: Connection, ids: list[str]) -> dict[str, tuple[list[Message], str]]:
+    i = t.interactions.c
+    out: dict[str, tuple[list[Message], str]] = {}
+    for k in range(0, len(ids), CHUNK):
+        for row in conn.execute(select(i.id, i.messages, i.response).where(i.id.in_(ids[k:k + CHUNK]))):
+            out[row.id] = (row.messages or [], row.response or "")
+    return out
+
+
+def _latest_ratings(conn: Connection, ids: list[str], flagged: set[str]) -> dict[str, list[tuple[str, str, str]]]:
+    """Per interaction: (rating id, kind, text) of the latest rating per (rater, aspect, kind), flagged
+    raters left out. Read in arrival order, so a later rating overwrites an earlier one."""
+    r = t.ratings.c
+    latest: dict[tuple[str, str, str, str], tuple[str, str, str]] = {}
+    for k in range(0, len(ids), CHUNK):
+        query = (select(r.id, r.interaction_id, r.rater_id, r.kind, r.aspect, r.text)
+                 .where(r.interaction_id.in_(ids[k:k + CHUNK])).order_by(r.created_at, r.id))
+        for row in conn.execute(query):
+            rater = row.rater_id if row.rater_id is not None else f"?{row.id}"
+            if rater in flagged:
+                continue
+            latest[(row.interaction_id, rater, row.aspect, row.kind)] = (row.id, row.kind, row.text or "")
+    out: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    for (iid, _, _, _), value in sorted(latest.items()):
+        out[iid].append(value)
+    return out

@@ -1,0 +1,127 @@
+"""Stage 4, build: `ratingloop build --format sft|kto|dpo|reward|weighted --out DIR`, top to bottom.
+
+    result = build_dataset(engine, "dpo", Path("data/dpo"), BuildConfig())
+
+Reads the store and the signals (computed here unless the caller passes them), writes DIR (see
+write.py) and one `dataset_snapshots` row. A build that yields no rows raises RatingloopError naming
+the filters that removed them; a legal but small one logs a warning and lists it in the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+import ratingloop
+from ratingloop.build.answers import Pool, load_pool
+from ratingloop.build.config import BuildConfig, check_format
+from ratingloop.build.formats import BUILDERS, kto_weights
+from ratingloop.build.pairs import dpo_rows
+from ratingloop.build.rows import FilterLog, Row
+from ratingloop.build.split import dedupe_rows, split_rows
+from ratingloop.build.write import content_hash, git_revision, record_snapshot, write_manifest, write_splits
+from ratingloop.errors import RatingloopError
+from ratingloop.signals.report import SignalsResult, compute_signals
+from ratingloop.store.writes import new_id
+
+log = logging.getLogger(__name__)
+
+UNIT = {"sft": "rows", "kto": "rows", "dpo": "pairs", "reward": "rows", "weighted": "rows"}
+HINT = {
+    "sft": "lower sft_min_reward or z, or collect more ratings or corrections",
+    "kto": "lower z, or collect more ratings so rewards are clearly positive or negative",
+    "dpo": "DPO needs two answers to one prompt whose rewards clearly differ, or a correction; "
+           "lower pair_z / pair_min_gap, log several answers per prompt, or collect corrections",
+    "reward": "lower min_confidence or collect more ratings",
+    "weighted": "lower min_confidence or weighted_min_abs, or collect more ratings",
+}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    snapshot_id: str
+    format: str
+    out_dir: Path
+    n_train: int
+    n_eval: int
+    content_hash: str
+    manifest: dict[str, Any]
+    warnings: list[str]
+
+
+def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
+                  signals: SignalsResult | None = None) -> BuildResult:
+    """Build the `fmt` training set from the store into `out_dir` and record its snapshot."""
+    check_format(fmt)
+    cfg.validate()
+    signals = signals if signals is not None else compute_signals(engine)
+    pool = load_pool(engine, signals, cfg)
+    filters = FilterLog(dict(pool.log.removed), dict(pool.log.why))
+
+    # --- rows, cleaned and split ---------------------------------------------------------------
+    rows = dpo_rows(pool, cfg, filters) if fmt == "dpo" else BUILDERS[fmt](pool, cfg, filters)
+    if cfg.dedupe:
+        rows = dedupe_rows(rows, filters)
+    if not rows:
+        raise RatingloopError(f"build --format {fmt}: 0 {UNIT[fmt]} from {pool.n_interactions} rated interactions: "
+                              f"{filters.explain()}. {HINT[fmt]}")
+    train, eval_ = split_rows(rows, cfg.eval_fraction, cfg.split_salt)
+    warnings = _warnings(fmt, train, eval_, cfg)
+    for w in warnings:
+        log.warning("build %s: %s", fmt, w)
+
+    # --- write, then record: a snapshot row never points at a folder that was not written -----------
+    created_at = datetime.now(timezone.utc)
+    snapshot_id = new_id()
+    manifest = _manifest(fmt, snapshot_id, created_at, pool, filters, train, eval_, cfg, signals, warnings)
+    write_splits(out_dir, train, eval_)
+    write_manifest(out_dir, manifest)
+    record_snapshot(engine, snapshot_id, created_at, out_dir, manifest)
+    log.info("build %s: %d interactions -> %d answers, %d corrections -> %d %s (train %d, eval %d); removed: %s",
+             fmt, pool.n_interactions, len(pool.answers), len(pool.corrections), len(rows), UNIT[fmt], len(train),
+             len(eval_), filters.explain())
+    return BuildResult(snapshot_id, fmt, out_dir, len(train), len(eval_), manifest["content_hash"], manifest,
+                       warnings)
+
+
+def _warnings(fmt: str, train: list[Row], eval_: list[Row], cfg: BuildConfig) -> list[str]:
+    out = []
+    if len(train) < cfg.warn_below:
+        out.append(f"only {len(train)} {UNIT[fmt]} in train after cleaning (warn_below={cfg.warn_below}): "
+                   "one step will overfit them; collect more ratings before trusting a model trained on this")
+    if not eval_:
+        out.append("the eval split is empty (too few prompts to hold any out): evaluation will have no held-out data")
+    if fmt == "kto" and len({r.data["label"] for r in train}) < 2:
+        out.append("kto train split has only one label; KTO learns from both desirable and undesirable answers")
+    return out
+
+
+def _manifest(fmt: str, snapshot_id: str, created_at: datetime, pool: Pool, filters: FilterLog, train: list[Row],
+              eval_: list[Row], cfg: BuildConfig, signals: SignalsResult, warnings: list[str]) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
+        "snapshot_id": snapshot_id,
+        "format": fmt,
+        "created_at": created_at.isoformat(),
+        "ratingloop_version": ratingloop.__version__,
+        "git_revision": git_revision(),
+        "columns": list(train[0].data),
+        "rows": {"train": len(train), "eval": len(eval_)},
+        "prompts": {"train": len({r.prompt_key for r in train}), "eval": len({r.prompt_key for r in eval_})},
+        "inputs": {"rated_interactions": pool.n_interactions, "answers": len(pool.answers),
+                   "corrections": len(pool.corrections),
+                   "flagged_raters": sorted(r.rater_id for r in signals.raters if r.flagged)},
+        "filters": filters.as_list(),
+        "pii_scrubbed": pool.n_scrubbed if cfg.scrub_pii else None,
+        "content_hash": content_hash(train, eval_),
+        "config": cfg.as_dict(),
+        "warnings": warnings,
+        "rating_ids": sorted({rid for r in (*train, *eval_) for rid in r.rating_ids}),
+    }
+    if fmt == "kto":
+        manifest["kto"] = kto_weights(train)  # pass these to KTOConfig(desirable_weight=..., undesirable_weight=...)
+    return manifest

@@ -1,0 +1,53 @@
+"""Stage 4, build: row de-duplication and the prompt-disjoint train/eval split.
+
+The split hashes each prompt (with `split_salt`) to a number in [0, 1); prompts below
+`eval_fraction` are held out. No prompt is in both splits, so eval measures generalisation to new
+questions, not recall of a rated answer. A threshold on a hash (not a rank) keeps a prompt's split
+stable as the store grows, so successive builds in the loop never move an eval prompt into train.
+Only when the threshold holds out nothing, but there are two or more prompts, is the prompt with the
+lowest hash held out, so small stores still get an eval split; a lone prompt stays in train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+from ratingloop.build.rows import FilterLog, Row
+
+
+def row_bytes(row: Row) -> bytes:
+    return orjson.dumps(row.data, option=orjson.OPT_SORT_KEYS)
+
+
+def dedupe_rows(rows: list[Row], log: FilterLog) -> list[Row]:
+    """Identical rows (same columns, same values) once; the first keeps its rating ids, later copies
+    add theirs, since they too are behind the row."""
+    seen: dict[bytes, Row] = {}
+    for row in rows:
+        key = row_bytes(row)
+        if key in seen:
+            first = seen[key]
+            seen[key] = Row(first.data, first.prompt_key, tuple(dict.fromkeys(first.rating_ids + row.rating_ids)))
+        else:
+            seen[key] = row
+    log.add("duplicate_rows", len(rows) - len(seen), "rows were exact duplicates of another row")
+    return list(seen.values())
+
+
+def prompt_bucket(prompt_key: str, salt: str) -> float:
+    digest = hashlib.sha256(f"{salt}:{prompt_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_rows(rows: list[Row], eval_fraction: float, salt: str) -> tuple[list[Row], list[Row]]:
+    """(train, eval), each in a stable order (by row content hash) that mixes prompts."""
+    buckets = {r.prompt_key: prompt_bucket(r.prompt_key, salt) for r in rows}
+    held = {k for k, b in buckets.items() if b < eval_fraction}
+    if not held and eval_fraction > 0 and len(buckets) >= 2:
+        held = {min(buckets, key=lambda k: buckets[k])}
+    if held == set(buckets):
+        held = set()  # one prompt only: train on it rather than hold everything out
+    order = sorted(rows, key=lambda r: hashlib.sha256(row_bytes(r)).digest())
+    return [r for r in order if r.prompt_key not in held], [r for r in order if r.prompt_key in held]

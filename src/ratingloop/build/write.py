@@ -1,0 +1,76 @@
+"""Stage 4, build: a built dataset to disk and to the store.
+
+Writes, under the output folder:
+    train/, eval/            `datasets.Dataset.save_to_disk` (load with `datasets.load_from_disk`)
+    train.jsonl, eval.jsonl  the same rows, one JSON object a line (what the content hash covers)
+    manifest.json            format, counts, filters and what each removed, hash, config, rating ids
+and records one `dataset_snapshots` row (SQLAlchemy Core) whose manifest is the same document, so
+`ratingloop train` and the registry can say which ratings trained a version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import orjson
+from sqlalchemy import Engine, insert
+
+from ratingloop.build.rows import Row
+from ratingloop.store import tables as t
+from ratingloop.store.db import write_transaction
+
+SPLITS = ("train", "eval")
+
+
+def jsonl_bytes(rows: Sequence[Row]) -> bytes:
+    return b"".join(orjson.dumps(r.data) + b"\n" for r in rows)
+
+
+def content_hash(train: Sequence[Row], eval_: Sequence[Row]) -> str:
+    """sha256 over both JSONL files: equal hashes mean equal training data, whatever the folder."""
+    return hashlib.sha256(jsonl_bytes(train) + b"\0" + jsonl_bytes(eval_)).hexdigest()
+
+
+def write_splits(out_dir: Path, train: Sequence[Row], eval_: Sequence[Row]) -> None:
+    from datasets import Dataset  # heavy (pyarrow, pandas): only when a build writes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_ds = Dataset.from_list([r.data for r in train])
+    # an empty eval split still carries train's columns, so a loader can concatenate or map it
+    eval_ds = (Dataset.from_list([r.data for r in eval_], features=train_ds.features) if eval_ else
+               Dataset.from_dict({name: [] for name in train_ds.features}, features=train_ds.features))
+    for name, ds, rows in (("train", train_ds, train), ("eval", eval_ds, eval_)):
+        target = out_dir / name
+        if target.exists():
+            shutil.rmtree(target)  # a rebuild into the same folder replaces the split, never mixes
+        ds.save_to_disk(str(target))
+        (out_dir / f"{name}.jsonl").write_bytes(jsonl_bytes(rows))
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    (out_dir / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def record_snapshot(engine: Engine, snapshot_id: str, created_at: datetime, out_dir: Path,
+                    manifest: dict[str, Any]) -> None:
+    table = t.DatasetSnapshot.__table__
+    with write_transaction(engine) as conn:
+        conn.execute(insert(table).values(  # type: ignore[arg-type]
+            id=snapshot_id, created_at=created_at, format=manifest["format"], content_hash=manifest["content_hash"],
+            path=str(out_dir.resolve()), n_rows=manifest["rows"]["train"] + manifest["rows"]["eval"],
+            config=manifest["config"], manifest=manifest))
+
+
+def git_revision() -> str | None:
+    """The source revision this build ran from, when the package runs from a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
