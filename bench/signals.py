@@ -85,12 +85,36 @@ def quality_run(cfg: SimConfig) -> dict[str, float]:
     flagged[[f.rater for f in flags]] = True
     troll, judged = sim.truth.is_troll, fit.n >= 8
     out["flagged"] = float(flagged.sum())
+    out["n_p25"], out["n_p50"], out["n_p75"] = (float(v) for v in np.percentile(fit.n, [25, 50, 75]))
+    out.update(recall_curve(flagged, troll, fit.n))
     if troll.any():
         out["precision"] = float((flagged & troll).sum() / max(flagged.sum(), 1))
         out["recall"] = float((flagged & troll).sum() / troll.sum())
         out["recall_judged"] = float((flagged & troll & judged).sum() / max((troll & judged).sum(), 1))
         out["trolls_judged"] = float((troll & judged).sum() / troll.sum())
     return out
+
+
+BINS = ((1, 4), (5, 7), (8, 15), (16, 31), (32, 63), (64, 10**9))  # ratings per troll
+
+
+def recall_curve(flagged: np.ndarray, troll: np.ndarray, n: np.ndarray) -> dict[str, float]:
+    """Recall among trolls with lo..hi ratings, and how many trolls fall in each bin."""
+    out = {}
+    for lo, hi in BINS:
+        sel = troll & (n >= lo) & (n <= hi)
+        out[f"rec_{lo}"] = float((flagged & sel).sum() / sel.sum()) if sel.any() else float("nan")
+        out[f"cnt_{lo}"] = float(sel.sum())
+    return out
+
+
+def curve_rows(runs: list[dict[str, float]]) -> list[str]:
+    head = "| ratings per troll | " + " | ".join(f"{lo}-{hi}" if hi < 10**9 else f">= {lo}" for lo, hi in BINS) + " |"
+    rows = [head, "|---|" + "---:|" * len(BINS),
+            "| trolls (median count) | " + " | ".join(f"{med(runs, f'cnt_{lo}'):.0f}" for lo, _ in BINS) + " |",
+            "| recall (median) | " + " | ".join(f"{np.nanmedian([r[f'rec_{lo}'] for r in runs]):.2f}"
+                                                for lo, _ in BINS) + " |"]
+    return rows
 
 
 def scale_child(seed: int) -> None:
@@ -113,6 +137,7 @@ def scale_child(seed: int) -> None:
         "recall_judged": float((flagged & troll & judged).sum() / max((troll & judged).sum(), 1)),
         "trolls_judged": float((troll & judged).sum() / troll.sum()),
         "honest_flagged": float((flagged & ~troll).sum() / (~troll).sum()),
+        **recall_curve(flagged, troll, fit.n),
     }))
 
 
@@ -164,10 +189,16 @@ def render(quality: dict[str, list[dict[str, float]]], scale: list[dict[str, flo
         f"{n}: {c.n_items:,} interactions, {c.n_raters:,} raters, "
         + ("one rating each" if c.single_rated else f"{c.n_ratings:,} ratings") for n, c in SCENARIOS.items()) + "."]
     t = quality["20% trolls"]
-    lines += ["", f"Trolls (20% of raters): precision {med(t, 'precision'):.2f}, recall {med(t, 'recall'):.2f} of all "
-              f"trolls; recall {med(t, 'recall_judged'):.2f} among the {med(t, 'trolls_judged'):.0%} of trolls with "
-              ">= 8 ratings (the least a rater needs to be judged). Honest-only: "
-              f"{med(quality['honest-only'], 'flagged'):.0f} of 500 honest raters flagged."]
+    lines += ["", "Trolls (20% of raters: inverters, random raters, constant floods, topic-targeted inverters in "
+              f"equal shares; raters' activity is log-normal, median {med(t, 'n_p50'):.0f} ratings per rater, "
+              f"quartiles {med(t, 'n_p25'):.0f}-{med(t, 'n_p75'):.0f}): precision {med(t, 'precision'):.2f}, recall "
+              f"{med(t, 'recall'):.2f} of all trolls; recall {med(t, 'recall_judged'):.2f} among the "
+              f"{med(t, 'trolls_judged'):.0%} of trolls with >= 8 ratings. Honest-only: "
+              f"{med(quality['honest-only'], 'flagged'):.0f} of 500 honest raters flagged.", "",
+              "Recall by how many ratings a troll gave (20% trolls scenario). A troll with 1-4 ratings is never "
+              "flagged (below `min_ratings`; a handful of ratings cannot outweigh an honest rater's ordinary noise); "
+              "a random thumbs rater needs dozens of coin flips before they differ from a noisy honest one:", ""]
+    lines += curve_rows(t)
     if scale:
         runs = ", ".join(f"{r['seconds']:.1f}" for r in scale)
         lines += ["", f"1M-rating fit ({SCALE.n_ratings:,} ratings, {SCALE.n_raters:,} raters, {SCALE.n_items:,} "
@@ -177,7 +208,8 @@ def render(quality: dict[str, list[dict[str, float]]], scale: list[dict[str, flo
                   f"the process and simulated data before fitting; troll precision {med(scale, 'precision'):.2f}, "
                   f"recall {med(scale, 'recall'):.2f} of all trolls, {med(scale, 'recall_judged'):.2f} of the "
                   f"{med(scale, 'trolls_judged'):.0%} with >= 8 ratings ({med(scale, 'honest_flagged'):.2%} of honest "
-                  "raters flagged)."]
+                  "raters flagged). Recall by ratings per troll at this scale (most raters give ~10):", ""]
+        lines += curve_rows(scale)
     return "\n".join(lines) + "\n"
 
 

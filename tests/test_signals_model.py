@@ -161,3 +161,43 @@ def test_aspects_fill_in_overall_with_weights() -> None:
     obs = observations(raw, aspect_weights={"accuracy": 3.0, "helpfulness": 1.0})
     assert sorted(zip(obs.rater.tolist(), obs.value.tolist(), strict=True)) == [(0, 0.5), (1, 0.0)]  # (3*1 + 1*-1) / 4
     assert len(obs.aspect_value) == 3  # per-aspect rewards kept
+
+
+def test_scale_and_reliability_of_a_three_rating_rater_stay_near_the_population() -> None:
+    # As in the example store: interactions whose consensus is uncertain (two thumbs each), and two
+    # star raters who rate steeply (2x the crowd's scale), one on 3 interactions, one on 200. Three
+    # ratings against an uncertain consensus must not read as proof of an unusual scale; 200 do.
+    rng = np.random.default_rng(4)
+    n_items, n_crowd = 300, 30
+    q = rng.standard_normal(n_items)
+    r, i, x, binary = [], [], [], []
+    for j in range(n_items):
+        for k in rng.choice(n_crowd, 2, replace=False):
+            r.append(int(k)), i.append(j), binary.append(True)
+            x.append(1.0 if 0.5 * q[j] + 0.2 * rng.standard_normal() > 0 else -1.0)
+    few, many = n_crowd, n_crowd + 1
+    for who, items in ((few, [0, 1, 2]), (many, range(3, 203))):
+        for j in items:
+            r.append(who), i.append(j), binary.append(False)
+            x.append(float(np.clip(1.0 * q[j] + 0.1 * rng.standard_normal(), -1, 1)))
+    fit = fit_raters(_obs(r, i, x, binary))
+    scale = fit.a / fit.mu_a
+    assert scale[many] > 1.4  # trusted on their own data
+    assert abs(scale[few] - 1) < 0.6 * abs(scale[many] - 1), (scale[few], scale[many])
+    assert fit.a_var[few] > 10 * fit.a_var[many]
+    reliability = fit.reliability()
+    population = fit.mu_a**2 / (fit.mu_a**2 + fit.s2_0)
+    assert abs(reliability[few] - population) < 0.1, (reliability[few], population)
+
+
+def test_evidence_grows_with_ratings_and_three_ratings_are_never_flagged() -> None:
+    sim = simulate(SimConfig(n_items=3000, n_raters=300, n_ratings=24_000, troll_frac=0.2, seed=5))
+    obs = observations(to_raw(sim))
+    fit, flags = fit_excluding_trolls(obs, topic=sim.truth.topic)
+    flagged = np.zeros(sim.n_raters, bool)
+    flagged[[f.rater for f in flags]] = True
+    assert not flagged[fit.n < 5].any()
+    assert all(0.0 <= f.evidence["honest_prob"] < 0.5 for f in flags if "honest_prob" in f.evidence)
+    troll = sim.truth.is_troll
+    busy = troll & (fit.n >= 40)
+    assert flagged[busy].mean() >= 0.85

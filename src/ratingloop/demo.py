@@ -122,9 +122,9 @@ def _walk_through(base: str, db: str, out: Console) -> None:
 
     result = compute_signals(open_engine(db))
     raters = Table("rater", "ratings", "bias", "scale", "reliability", "flagged")
-    for r in sorted(result.raters, key=lambda r: -r.n)[:6]:
-        raters.add_row(r.rater_id, str(r.n), f"{r.bias:+.2f}", f"{r.scale:.2f}", f"{r.reliability:.2f}",
-                       "; ".join(r.reasons) if r.flagged else "")
+    for rater in sorted(result.raters, key=lambda x: -x.n)[:6]:
+        raters.add_row(rater.rater_id, str(rater.n), f"{rater.bias:+.2f}", f"{rater.scale:.2f}",
+                       f"{rater.reliability:.2f}", "; ".join(rater.reasons) if rater.flagged else "")
     out.print(raters)
     rewards = Table("interaction", "reward", "confidence", "ratings")
     for s in sorted(result.interactions, key=lambda s: -s.confidence)[:4]:

@@ -23,8 +23,11 @@ ratings or raters (~0.15-0.2 s per iteration for 1M ratings on 2 cores). One dep
 EM: a rater's (a, b) are regressed on E[q | everyone else's ratings] (leave-one-out), not on a
 posterior that contains their own rating. That keeps raters from confirming themselves, gives
 troll tests honest evidence, and leaves a at its prior on single-rated interactions, where scale
-and noise cannot be told apart. A thumbs-only rater's noise stays at the population's s2_0 (a
-probit fixes a and b only relative to it).
+and noise cannot be told apart. Given the others, q = m_cav + u with u ~ N(0, v_cav), so a rating
+is a_r m_cav + b_r plus noise of variance s2_r + a_r^2 v_cav: each rating is weighted by that
+(errors-in-variables), not by 1/s2_r alone — otherwise a precise rater's 3 ratings of items that
+one other person rated would look like overwhelming evidence about their scale. A thumbs-only
+rater's noise stays at the population's s2_0 (a probit fixes a and b only relative to it).
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class RaterFit:
     converged: bool
     z: np.ndarray  # (m,) per rating: y* (the reward, or E[y* | thumbs] for a thumbs)
     m_cav: np.ndarray  # (m,) per rating: E[q | all but this rating], what the others say
+    v_cav: np.ndarray  # (m,) per rating: Var[q | all but this rating]
     info: np.ndarray  # (m,) per rating: observed information weight (1 for stars, < 1 for a thumbs)
 
     def reward(self) -> np.ndarray:
@@ -130,6 +134,8 @@ def fit_raters(
         z = x.copy()
         z[:nb] *= 0.4  # E[y*|sign] for a typical rater, before any fit
         s2 = np.full(R, s2_0)
+    naive_step = init is None
+    a = np.full(R, mu_a) if init is None else a
     it, converged = 0, False
     for it in range(1, cfg.max_iter + 1):  # noqa: B007 - `it` is reported after the loop
         # Rater step: (a, b) jointly, a 2x2 ridge regression of y* on the quality the *other* raters
@@ -137,14 +143,18 @@ def fit_raters(
         # slope, keeps a rater from confirming themselves, and leaves a at the population prior
         # where nobody else rated (single-rated items cannot tell scale from noise).
         tau_a2 = (cfg.tau_a_rel * mu_a) ** 2
-        inv_s2 = 1.0 / s2
-        A00 = np.bincount(r, m_cav * m_cav, R) * inv_s2 + 1.0 / tau_a2
-        A01 = np.bincount(r, m_cav, R) * inv_s2
-        A11 = n * inv_s2 + 1.0 / tau_b**2
-        y0 = np.bincount(r, m_cav * z, R) * inv_s2 + mu_a / tau_a2
-        y1 = np.bincount(r, z, R) * inv_s2 + mu_b / tau_b**2
+        # per-rating weight 1 / (s2 + a^2 v_cav); the very first step regresses on the naive start,
+        # whose spread is a placeholder, so there every rating counts alike
+        wk = 1.0 / (s2[r] + (a * a)[r] * v_cav) if naive_step is False else np.full(len(r), 1.0 / s2_0)
+        naive_step = False
+        A00 = np.bincount(r, wk * m_cav * m_cav, R) + 1.0 / tau_a2
+        A01 = np.bincount(r, wk * m_cav, R)
+        A11 = np.bincount(r, wk, R) + 1.0 / tau_b**2
+        y0 = np.bincount(r, wk * m_cav * z, R) + mu_a / tau_a2
+        y1 = np.bincount(r, wk * z, R) + mu_b / tau_b**2
         det = A00 * A11 - A01 * A01
         a, b = (y0 * A11 - A01 * y1) / det, (A00 * y1 - A01 * y0) / det
+        b_var = A00 / det
         # Noise step: only Gaussian ratings inform s2 (thumbs fix a / s only up to scale); the part
         # of the residual that the others' uncertainty about q explains (a^2 v_cav) is not noise.
         # A rating of an interaction nobody else rated says nothing about noise vs scale, so each
@@ -155,7 +165,7 @@ def fit_raters(
         resid = known * ((x[nb:] - ag * m_cav[nb:] - b[rg]) ** 2 - ag * ag * v_cav[nb:])
         n_gauss = np.bincount(rg, known, R)
         s2 = np.maximum((cfg.nu * s2_0 + np.bincount(rg, resid, R)) / (cfg.nu + n_gauss), cfg.s2_floor)
-        mu_a, mu_b, s2_0, tau_b = _population(a, b, s2, n, n_gauss, wr, cfg, (mu_a, mu_b, s2_0, tau_b))
+        mu_a, mu_b, s2_0, tau_b = _population(a, b, b_var, s2, n, n_gauss, wr, cfg, (mu_a, mu_b, s2_0, tau_b))
         # Quality step: Gaussian posterior of q given every unflagged rater's y* and the weak signals.
         own_prec, own_num = _own(a, b, s2, r, z, w)
         prec = 1.0 / v0 + np.bincount(i, own_prec, N)
@@ -178,18 +188,20 @@ def fit_raters(
     log.debug("rater model: %d iterations, converged=%s, mu_a=%.3f mu_b=%.3f", it, converged, mu_a, mu_b)
     # Uncertainty of (a, b) from the observed information: augmentation treats a thumbs as if its
     # y* were seen, which would overstate what a thumbs says (most of all when it was predictable).
+    total = s2[r] + (a * a)[r] * v_cav  # variance of a rating around a m_cav + b, given the others
     info = np.ones(len(x))
-    info[:nb] = _probit_information((a[r[:nb]] * m_cav[:nb] + b[r[:nb]]) / np.sqrt(s2[r[:nb]]))
+    info[:nb] = _probit_information((a[r[:nb]] * m_cav[:nb] + b[r[:nb]]) / np.sqrt(total[:nb]))
+    wk = info / total
     tau_a2 = (cfg.tau_a_rel * mu_a) ** 2
-    A00 = np.bincount(r, info * m_cav * m_cav, R) / s2 + 1.0 / tau_a2
-    A01 = np.bincount(r, info * m_cav, R) / s2
-    A11 = np.bincount(r, info, R) / s2 + 1.0 / tau_b**2
+    A00 = np.bincount(r, wk * m_cav * m_cav, R) + 1.0 / tau_a2
+    A01 = np.bincount(r, wk * m_cav, R)
+    A11 = np.bincount(r, wk, R) + 1.0 / tau_b**2
     det = A00 * A11 - A01 * A01
     back = np.empty_like(perm)
     back[perm] = np.arange(len(perm))  # per-rating outputs in the caller's order
     return RaterFit(quality=m, quality_var=v, prior_var=v0, a=a, b=b, s2=s2, a_var=A11 / det, b_var=A00 / det,
                     n=n, weight=wr, mu_a=mu_a, mu_b=mu_b, s2_0=s2_0, tau_b=tau_b, iterations=it,
-                    converged=converged, z=z[back], m_cav=m_cav[back], info=info[back])
+                    converged=converged, z=z[back], m_cav=m_cav[back], v_cav=v_cav[back], info=info[back])
 
 
 def _own(a: np.ndarray, b: np.ndarray, s2: np.ndarray, r: np.ndarray, z: np.ndarray, w: np.ndarray | None
@@ -235,8 +247,8 @@ def _naive_start(r: np.ndarray, i: np.ndarray, x: np.ndarray, n_items: int, w: n
     return np.where(rated, (mean - centre) / sd, 0.0), np.full(n_items, 0.5)
 
 
-def _population(a: np.ndarray, b: np.ndarray, s2: np.ndarray, n: np.ndarray, n_gauss: np.ndarray,
-                wr: np.ndarray, cfg: ModelConfig, old: tuple[float, float, float, float]
+def _population(a: np.ndarray, b: np.ndarray, b_var: np.ndarray, s2: np.ndarray, n: np.ndarray,
+                n_gauss: np.ndarray, wr: np.ndarray, cfg: ModelConfig, old: tuple[float, float, float, float]
                 ) -> tuple[float, float, float, float]:
     """Empirical-Bayes population: medians (robust to the trolls still in) over well-observed raters."""
     mu_a, mu_b, s2_0, tau_b = old
@@ -244,8 +256,11 @@ def _population(a: np.ndarray, b: np.ndarray, s2: np.ndarray, n: np.ndarray, n_g
     if known.sum() >= 3:
         mu_a = max(float(np.median(a[known])), 0.05)  # the typical rater tracks quality: fixes the sign
         mu_b = float(np.median(b[known]))
+        # The EM update of a prior variance is E[(b - mu_b)^2] = (b_post - mu_b)^2 + Var[b]: the spread of
+        # the *shrunk* estimates alone would shrink the prior, which shrinks them more (a collapse with
+        # few raters). Robust form: MAD^2 of the posterior means plus the median posterior variance.
         mad = float(np.median(np.abs(b[known] - mu_b))) * 1.4826
-        tau_b = float(np.clip(mad, *cfg.tau_b_bounds))
+        tau_b = float(np.clip(np.sqrt(mad**2 + float(np.median(b_var[known]))), *cfg.tau_b_bounds))
     gauss = (n_gauss >= cfg.hyper_min) & (wr > 0)
     if gauss.sum() >= 3:
         s2_0 = max(float(np.median(s2[gauss])), cfg.s2_floor)

@@ -1,16 +1,20 @@
 """Stage 3, signals: troll detection — raters whose ratings run against everyone else's.
 
-Reads a `RaterFit` (each rater's scale a and offset b, estimated against what the *other* raters
-say about the same interactions) and writes `TrollFlag`s, each with a reason and its evidence.
+Reads a `RaterFit` (each rater's scale a, estimated against what the *other* raters say about the
+same interactions) and writes `TrollFlag`s, each with a reason and its evidence.
 `fit_excluding_trolls` fits, flags, and refits with flagged raters' weight set to zero, so their
 ratings no longer move quality; the flags are returned for reporting, never dropped silently.
-In the spirit of user-level troll detection (Ju et al. 2022), a flag judges the rater, not a rating:
-- inverter: a is confidently negative (they rate good answers down and bad ones up);
-- random: a is confidently near zero relative to their spread (their ratings carry no quality);
-- constant: one value over many interactions, including ones the others clearly rate the other way;
-- topic_inverter: a is confidently negative on one topic (tag) though not overall.
-Every test needs `min_ratings` ratings and a margin of `z` posterior sds: a rater with 3 ratings
-is never called a troll, only shrunk.
+In the spirit of user-level troll detection (Ju et al. 2022), a flag judges the rater, not a rating.
+
+The test is a Bayes-factor comparison of rater classes (`signals.evidence`): honest, inverter,
+random (ratings unrelated to quality; a rater who floods one value is its special case, reported as
+"constant"), and topic-targeted inverter. Class shares are estimated from all raters, so each rater
+gets a posterior probability of being honest. Flags are chosen to control the Bayesian false
+discovery rate: the most clearly non-honest raters are flagged while the expected share of honest
+raters among the flagged stays below `fdr` (Mueller, Parmigiani & Rice 2006), and nobody is flagged
+who is not more likely a troll than not. A constant flood that conflicts with the consensus is also
+flagged directly (its evidence is in the offset, which the scale classes do not model). A rater with
+a handful of ratings cannot carry enough evidence and is not flagged, only shrunk.
 """
 
 from __future__ import annotations
@@ -20,23 +24,23 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ratingloop.signals.evidence import CLASSES, ClassEvidence, class_evidence
 from ratingloop.signals.observations import Observations
 from ratingloop.signals.raters import ModelConfig, RaterFit, fit_raters
+from ratingloop.signals.scales import Scales, rater_scales
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrollConfig:
-    min_ratings: int = 8
-    z: float = 2.0  # posterior sds of margin for the rater-level tests
-    random_max_corr: float = 0.6  # "random": even optimistically, rating~quality correlation below this
-    # (honest simulated raters sit at 0.85 and above; a random one near 0, plus its uncertainty)
+    min_ratings: int = 5  # below this a rater is never flagged (nor could the evidence be strong)
+    fdr: float = 0.02  # expected share of honest raters among the flagged (Bayesian FDR); the class
+    # model is approximate where raters have ~10 ratings, so the target sits below the 5% we accept
+    max_honest_prob: float = 0.5  # and each flagged rater is more likely a troll than not
     constant_gap: float = 1.2  # a constant rating this far (reward units) from a typical rater's is a conflict
     constant_min_conflicts: int = 3
     constant_min_share: float = 0.1
-    topic_min_ratings: int = 6
-    topic_z: float = 2.0  # one-sided; honest raters track quality on every topic, so their slopes sit far above 0
     rounds: int = 2  # flag -> refit -> flag again against the cleaner consensus
     refit_iter: int = 6  # a refit starts from the previous fit and needs few iterations
 
@@ -51,25 +55,57 @@ class TrollFlag:
 
 def find_trolls(obs: Observations, fit: RaterFit, cfg: TrollConfig = TrollConfig(),
                 topic: np.ndarray | None = None, topic_names: tuple[str, ...] = ()) -> list[TrollFlag]:
-    """Flags for every rater that fails a test (at most one flag per rater, the first that applies)."""
-    a, sd = fit.a, np.sqrt(fit.a_var)
-    enough = fit.n >= cfg.min_ratings
+    """Flags for the raters the class test selects (see the module doc), plus conflicting constant floods."""
+    sc = rater_scales(obs, fit, topic)
+    thumbs_only = np.bincount(obs.rater, ~obs.binary, obs.n_raters) == 0
+    ev = class_evidence(sc, fit.mu_a, fit.s2_0, fit.n, thumbs_only)
+    honest = np.where(fit.n >= cfg.min_ratings, ev.posterior[:, 0], 1.0)
+    order = np.argsort(honest, kind="stable")
+    running = np.cumsum(honest[order]) / np.arange(1, len(order) + 1)
+    k = int(np.sum(running <= cfg.fdr)) if len(order) else 0  # running mean is what FDR bounds
+    chosen = order[:k][honest[order[:k]] < cfg.max_honest_prob]
+    same = _single_value(obs)
     flags: dict[int, TrollFlag] = {}
-    for r in np.flatnonzero(enough & (a + cfg.z * sd < 0)):
-        flags[int(r)] = TrollFlag(int(r), "inverter", (
-            f"rates against the consensus: scale {a[r]:+.2f} ± {sd[r]:.2f} over {int(fit.n[r])} ratings "
-            f"(typical rater {fit.mu_a:+.2f})"), {"n": float(fit.n[r]), "scale": float(a[r]), "scale_sd": float(sd[r]),
-                                                  "typical_scale": fit.mu_a})
-    upper_corr = (a + cfg.z * sd) / np.sqrt(a * a + fit.s2)
-    for r in np.flatnonzero(enough & (upper_corr < cfg.random_max_corr)):
-        flags.setdefault(int(r), TrollFlag(int(r), "random", (
-            f"ratings unrelated to quality: scale {a[r]:+.2f} ± {sd[r]:.2f}, noise sd {np.sqrt(fit.s2[r]):.2f} "
-            f"over {int(fit.n[r])} ratings"), {"n": float(fit.n[r]), "scale": float(a[r]), "scale_sd": float(sd[r]),
-                                               "noise_sd": float(np.sqrt(fit.s2[r])),
-                                               "max_correlation": float(upper_corr[r])}))
-    for flag in _constant(obs, fit, cfg) + _topic_inverters(obs, fit, cfg, topic, topic_names):
+    for r in chosen.tolist():
+        flags[r] = _flag(r, fit, sc, ev, same, topic_names)
+    for flag in _constant(obs, fit, cfg):
         flags.setdefault(flag.rater, flag)
     return sorted(flags.values(), key=lambda f: f.rater)
+
+
+def _single_value(obs: Observations) -> np.ndarray:
+    lo = np.full(obs.n_raters, np.inf)
+    hi = np.full(obs.n_raters, -np.inf)
+    np.minimum.at(lo, obs.rater, obs.value)
+    np.maximum.at(hi, obs.rater, obs.value)
+    return hi - lo < 1e-9
+
+
+def _flag(r: int, fit: RaterFit, sc: Scales, ev: ClassEvidence, same: np.ndarray,
+          topic_names: tuple[str, ...]) -> TrollFlag:
+    post, ll = ev.posterior[r], ev.loglik[r]
+    c = 1 + int(np.argmax(post[1:]))
+    kind = "constant" if CLASSES[c] == "random" and same[r] else CLASSES[c]
+    n, a, sd = int(fit.n[r]), float(sc.a[r]), float(np.sqrt(sc.a_var[r]))
+    log10_bf = float((ll[c] - ll[0]) / np.log(10.0))
+    evidence = {"n": float(n), "scale": a / fit.mu_a, "scale_sd": sd / fit.mu_a, "honest_prob": float(post[0]),
+                "log10_bayes_factor": log10_bf}
+    odds = f"P(honest) {post[0]:.3f}, Bayes factor {kind} : honest 10^{log10_bf:.1f}"
+    if kind == "topic_inverter" and sc.topic_best is not None:
+        t = int(sc.topic_best[r])
+        name = topic_names[t] if t < len(topic_names) else str(t)
+        t_bf = float(sc.topic_best_log_bf[r] / np.log(10.0)) if sc.topic_best_log_bf is not None else 0.0
+        t_n = float(sc.topic_best_n[r]) if sc.topic_best_n is not None else 0.0
+        evidence.update(topic_n=t_n, topic_log10_bayes_factor=t_bf)
+        reason = (f"rates against the consensus on topic {name!r}: {int(t_n)} ratings there favour an inverted "
+                  f"scale 10^{t_bf:.1f} : 1, scale {a / fit.mu_a:+.2f} overall ({n} ratings); {odds}")
+    elif kind == "inverter":
+        reason = (f"rates against the consensus: scale {a / fit.mu_a:+.2f} ± {sd / fit.mu_a:.2f} over {n} ratings; "
+                  + odds)
+    else:
+        what = "one value for every interaction" if kind == "constant" else "ratings unrelated to quality"
+        reason = f"{what}: scale {a / fit.mu_a:+.2f} ± {sd / fit.mu_a:.2f} (typical 1) over {n} ratings; {odds}"
+    return TrollFlag(r, kind, reason, evidence)
 
 
 def _constant(obs: Observations, fit: RaterFit, cfg: TrollConfig) -> list[TrollFlag]:
@@ -89,37 +125,6 @@ def _constant(obs: Observations, fit: RaterFit, cfg: TrollConfig) -> list[TrollF
         f"gave {lo[k]:+.2f} to all {int(fit.n[k])} interactions, {int(conflicts[k])} of which the others rate "
         f"clearly otherwise"), {"n": float(fit.n[k]), "value": float(lo[k]), "conflicts": float(conflicts[k])})
         for k in np.flatnonzero(hit)]
-
-
-def _topic_inverters(obs: Observations, fit: RaterFit, cfg: TrollConfig, topic: np.ndarray | None,
-                     names: tuple[str, ...]) -> list[TrollFlag]:
-    """Per (rater, topic): the slope of the rater's y* on the others' quality, with a N(0, tau^2) prior."""
-    if topic is None or len(obs.rater) == 0:
-        return []
-    T = int(topic.max()) + 1 if len(topic) else 1
-    t_obs = topic[obs.item]
-    valid = t_obs >= 0
-    key = obs.rater.astype(np.int64) * T + np.where(valid, t_obs, 0)
-    K = obs.n_raters * T
-    s2 = fit.s2[obs.rater]
-    wgt = valid * fit.info / s2
-    resid = fit.z - fit.b[obs.rater]
-    tau2 = (fit.mu_a * 2.0) ** 2  # a wide, neutral prior: only the data may push a slope below zero
-    prec = np.bincount(key, wgt * fit.m_cav**2, K) + 1.0 / tau2
-    slope = np.bincount(key, wgt * fit.m_cav * resid, K) / prec
-    sd = 1.0 / np.sqrt(prec)
-    n = np.bincount(key, valid, K)
-    hit = (n >= cfg.topic_min_ratings) & (slope + cfg.topic_z * sd < 0)
-    out = []
-    for k in np.flatnonzero(hit):
-        r, t = divmod(int(k), T)
-        name = names[t] if t < len(names) else str(t)
-        out.append(TrollFlag(r, "topic_inverter", (
-            f"rates against the consensus on topic {name!r}: scale {slope[k]:+.2f} ± {sd[k]:.2f} over {int(n[k])} "
-            f"ratings there, {fit.a[r]:+.2f} overall"), {"n": float(fit.n[r]), "topic_n": float(n[k]),
-                                                         "topic_scale": float(slope[k]), "topic_scale_sd": float(sd[k]),
-                                                         "scale": float(fit.a[r])}))
-    return out
 
 
 def fit_excluding_trolls(
