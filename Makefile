@@ -30,6 +30,8 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+	$(PY) bench/signals.py
+	$(PY) bench/pandalm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

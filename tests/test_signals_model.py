@@ -201,3 +201,28 @@ def test_evidence_grows_with_ratings_and_three_ratings_are_never_flagged() -> No
     troll = sim.truth.is_troll
     busy = troll & (fit.n >= 40)
     assert flagged[busy].mean() >= 0.85
+
+
+def test_confidence_grows_with_real_information_one_thumbs_is_little() -> None:
+    # Calibrated star raters and thumbs raters on common interactions; then interaction A gets one
+    # thumbs, B two disagreeing thumbs, C one star, D five agreeing stars, E ten agreeing ratings.
+    rng = np.random.default_rng(7)
+    r, i, x, q = _calibrated_world(rng)
+    binary = [False] * len(r)
+    n_common = len(q)
+    for k in range(15, 30):  # thumbs raters, 60 common interactions each
+        for j in rng.choice(n_common, 60, replace=False):
+            r.append(k), i.append(int(j)), binary.append(True)
+            x.append(1.0 if 0.5 * q[j] + 0.1 * rng.standard_normal() > 0 else -1.0)
+    A, B, C, D, E = range(n_common, n_common + 5)
+    extra = [(15, A, 1.0, True), (16, B, 1.0, True), (17, B, -1.0, True), (0, C, 0.5, False)]
+    extra += [(k, D, 0.5, False) for k in range(5)] + [(k, E, 0.5, False) for k in range(10)]
+    for who, item, value, is_thumbs in extra:
+        r.append(who), i.append(item), x.append(value), binary.append(is_thumbs)
+    conf = fit_raters(_obs(r, i, x, binary)).confidence()
+    assert conf[A] < 0.5, conf[A]
+    assert conf[E] > 0.8, conf[E]
+    assert conf[A] < conf[C] < conf[D] < conf[E], conf[[A, C, D, E]]
+    # two precise raters who disagree do pin q near where their thresholds lie, but less than 5 stars
+    assert conf[A] < conf[B] < conf[D], conf[[A, B, D]]
+    assert conf[D] - conf[A] > 0.3, (conf[A], conf[D])

@@ -93,9 +93,17 @@ def class_evidence(sc: Scales, mu_a: float, s2_0: float, n: np.ndarray, thumbs_o
     ll[:, 1] = base + np.log(np.maximum(m_neg, 1e-300))
     ll[:, 2] = base + log_lik_0 - top + noise_random
     ll[:, 3] = ll[:, 0] + sc.topic_log_bf if sc.topic_log_bf is not None else -np.inf
-    for _ in range(iters):  # EM for the class shares
-        post = _softmax(ll + np.log(np.maximum(share, 1e-300)))
-        share = (post.sum(0) + np.asarray(prior_counts) - 1.0) / (len(x) + sum(prior_counts) - 4.0)
+    # EM for the class shares. The likelihoods are exponentiated once (each row scaled by its max); an
+    # E-step is then a product and a row normalisation, and EM stops once the shares settle.
+    lik = np.exp(ll - ll.max(axis=1, keepdims=True))
+    for _ in range(iters):
+        post = lik * share
+        post /= post.sum(axis=1, keepdims=True)
+        new = (post.sum(0) + np.asarray(prior_counts) - 1.0) / (len(x) + sum(prior_counts) - 4.0)
+        done = float(np.max(np.abs(new - share))) < 1e-6
+        share = new
+        if done:
+            break
     return ClassEvidence(ll, _softmax(ll + np.log(np.maximum(share, 1e-300))), share, log_sd)
 
 

@@ -64,10 +64,7 @@ def find_trolls(obs: Observations, fit: RaterFit, cfg: TrollConfig = TrollConfig
     running = np.cumsum(honest[order]) / np.arange(1, len(order) + 1)
     k = int(np.sum(running <= cfg.fdr)) if len(order) else 0  # running mean is what FDR bounds
     chosen = order[:k][honest[order[:k]] < cfg.max_honest_prob]
-    same = _single_value(obs)
-    flags: dict[int, TrollFlag] = {}
-    for r in chosen.tolist():
-        flags[r] = _flag(r, fit, sc, ev, same, topic_names)
+    flags: dict[int, TrollFlag] = {f.rater: f for f in _flags(chosen, fit, sc, ev, _single_value(obs), topic_names)}
     for flag in _constant(obs, fit, cfg):
         flags.setdefault(flag.rater, flag)
     return sorted(flags.values(), key=lambda f: f.rater)
@@ -81,31 +78,39 @@ def _single_value(obs: Observations) -> np.ndarray:
     return hi - lo < 1e-9
 
 
-def _flag(r: int, fit: RaterFit, sc: Scales, ev: ClassEvidence, same: np.ndarray,
-          topic_names: tuple[str, ...]) -> TrollFlag:
-    post, ll = ev.posterior[r], ev.loglik[r]
-    c = 1 + int(np.argmax(post[1:]))
-    kind = "constant" if CLASSES[c] == "random" and same[r] else CLASSES[c]
-    n, a, sd = int(fit.n[r]), float(sc.a[r]), float(np.sqrt(sc.a_var[r]))
-    log10_bf = float((ll[c] - ll[0]) / np.log(10.0))
-    evidence = {"n": float(n), "scale": a / fit.mu_a, "scale_sd": sd / fit.mu_a, "honest_prob": float(post[0]),
-                "log10_bayes_factor": log10_bf}
-    odds = f"P(honest) {post[0]:.3f}, Bayes factor {kind} : honest 10^{log10_bf:.1f}"
-    if kind == "topic_inverter" and sc.topic_best is not None:
-        t = int(sc.topic_best[r])
-        name = topic_names[t] if t < len(topic_names) else str(t)
-        t_bf = float(sc.topic_best_log_bf[r] / np.log(10.0)) if sc.topic_best_log_bf is not None else 0.0
-        t_n = float(sc.topic_best_n[r]) if sc.topic_best_n is not None else 0.0
-        evidence.update(topic_n=t_n, topic_log10_bayes_factor=t_bf)
-        reason = (f"rates against the consensus on topic {name!r}: {int(t_n)} ratings there favour an inverted "
-                  f"scale 10^{t_bf:.1f} : 1, scale {a / fit.mu_a:+.2f} overall ({n} ratings); {odds}")
-    elif kind == "inverter":
-        reason = (f"rates against the consensus: scale {a / fit.mu_a:+.2f} ± {sd / fit.mu_a:.2f} over {n} ratings; "
-                  + odds)
-    else:
-        what = "one value for every interaction" if kind == "constant" else "ratings unrelated to quality"
-        reason = f"{what}: scale {a / fit.mu_a:+.2f} ± {sd / fit.mu_a:.2f} (typical 1) over {n} ratings; {odds}"
-    return TrollFlag(r, kind, reason, evidence)
+def _flags(chosen: np.ndarray, fit: RaterFit, sc: Scales, ev: ClassEvidence, same: np.ndarray,
+           topic_names: tuple[str, ...]) -> list[TrollFlag]:
+    """One flag per chosen rater; the numbers are gathered as arrays first (tens of thousands at 1M ratings)."""
+    post, ll = ev.posterior[chosen], ev.loglik[chosen]
+    c = 1 + np.argmax(post[:, 1:], axis=1)
+    log10_bf = (ll[np.arange(len(chosen)), c] - ll[:, 0]) / np.log(10.0)
+    scale, scale_sd = sc.a[chosen] / fit.mu_a, np.sqrt(sc.a_var[chosen]) / fit.mu_a
+    has_topic = sc.topic_best is not None and sc.topic_best_log_bf is not None and sc.topic_best_n is not None
+    t_best = sc.topic_best[chosen].tolist() if has_topic and sc.topic_best is not None else [0] * len(chosen)
+    t_bf = (sc.topic_best_log_bf[chosen] / np.log(10.0)).tolist() if has_topic and sc.topic_best_log_bf is not None \
+        else [0.0] * len(chosen)
+    t_n = sc.topic_best_n[chosen].tolist() if has_topic and sc.topic_best_n is not None else [0.0] * len(chosen)
+    out = []
+    for k, (r, ck, honest, bf, a, sd, n, is_same) in enumerate(zip(
+            chosen.tolist(), c.tolist(), post[:, 0].tolist(), log10_bf.tolist(), scale.tolist(), scale_sd.tolist(),
+            fit.n[chosen].tolist(), same[chosen].tolist(), strict=True)):
+        kind = "constant" if CLASSES[ck] == "random" and is_same else CLASSES[ck]
+        evidence = {"n": float(n), "scale": a, "scale_sd": sd, "honest_prob": honest, "log10_bayes_factor": bf}
+        odds = f"P(honest) {honest:.3f}, Bayes factor {kind} : honest 10^{bf:.1f}"
+        n = int(n)
+        if kind == "topic_inverter" and has_topic:
+            t = int(t_best[k])
+            name = topic_names[t] if t < len(topic_names) else str(t)
+            evidence.update(topic_n=float(t_n[k]), topic_log10_bayes_factor=float(t_bf[k]))
+            reason = (f"rates against the consensus on topic {name!r}: {int(t_n[k])} ratings there favour an inverted "
+                      f"scale 10^{t_bf[k]:.1f} : 1, scale {a:+.2f} overall ({n} ratings); {odds}")
+        elif kind == "inverter":
+            reason = f"rates against the consensus: scale {a:+.2f} ± {sd:.2f} over {n} ratings; " + odds
+        else:
+            what = "one value for every interaction" if kind == "constant" else "ratings unrelated to quality"
+            reason = f"{what}: scale {a:+.2f} ± {sd:.2f} (typical 1) over {n} ratings; {odds}"
+        out.append(TrollFlag(r, kind, reason, evidence))
+    return out
 
 
 def _constant(obs: Observations, fit: RaterFit, cfg: TrollConfig) -> list[TrollFlag]:
