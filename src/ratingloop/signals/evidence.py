@@ -32,7 +32,8 @@ from ratingloop.signals.scales import Scales
 
 CLASSES = ("honest", "inverter", "random", "topic_inverter")
 RANDOM_STARS_VAR = 0.5  # variance of a uniform draw over 5 levels spanning [-1, 1]
-FLOOD_VAR = 2e-3  # a flood of one value: no spread (the rater model's noise floor)
+FLOOD_VAR = 2e-3 + 0.5**2 / 12  # a flood of one value: no spread beyond the rater model's noise floor for 1-5
+# stars (ModelConfig.s2_floor plus the rounding variance step^2 / 12, step 0.5 in reward units)
 _NU = 4.0  # pseudo-ratings behind each class's noise level, as in the rater model
 _GRID = np.exp(np.linspace(np.log(0.02), np.log(5.0), 32))  # |a| / mu_a: where the log-normal lives
 

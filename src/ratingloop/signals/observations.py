@@ -59,6 +59,9 @@ class Observations:
     aspect_value: np.ndarray = field(default_factory=lambda: np.zeros(0))
     aspects: tuple[str, ...] = ("overall",)
     n_superseded: int = 0
+    # (m,) main channel: rounding variance of each Gaussian rating in reward units, step^2 / 12 for a
+    # discrete scale (1-5 stars: step 0.5 -> 0.0208), 0 for thumbs and continuous values; None = all 0
+    quant_var: np.ndarray | None = None
 
 
 def observations(
@@ -73,8 +76,10 @@ def observations(
     rater, item = np.asarray(raw.rater, np.int64)[keep], np.asarray(raw.item, np.int64)[keep]
     signal = [raw.signal[i] for i in keep] if raw.signal is not None else None
     text = [raw.text[i] for i in keep] if raw.text is not None else None
-    value = rewards(kind, np.asarray(raw.value, float)[keep], np.asarray(raw.scale_min, float)[keep],
-                    np.asarray(raw.scale_max, float)[keep], signal, text, implicit)
+    raw_value = np.asarray(raw.value, float)[keep]
+    lo, hi = np.asarray(raw.scale_min, float)[keep], np.asarray(raw.scale_max, float)[keep]
+    value = rewards(kind, raw_value, lo, hi, signal, text, implicit)
+    qv = quantisation_var(raw_value, lo, hi)
 
     is_rating = np.isin(kind, [KIND_CODE[k] for k in RATING_KINDS]) & np.isfinite(value)
     overall = is_rating & (aspect == 0)
@@ -89,6 +94,8 @@ def observations(
     w = weights[aspect[fill]]
     den = np.bincount(inverse, w, len(pairs))
     combined = np.bincount(inverse, w * value[fill], len(pairs)) / np.where(den > 0, den, 1.0)
+    # a weighted mean of independently rounded aspects: rounding variance sum(w^2 qv) / (sum w)^2
+    combined_qv = np.bincount(inverse, w * w * qv[fill], len(pairs)) / np.where(den > 0, den, 1.0) ** 2
     ok = den > 0  # only aspects with weight 0 -> no overall judgement from this pair
 
     return Observations(
@@ -101,7 +108,21 @@ def observations(
         aspect_rater=rater[per_aspect].astype(np.int32), aspect_item=item[per_aspect].astype(np.int32),
         aspect_code=aspect[per_aspect].astype(np.int16), aspect_value=value[per_aspect],
         aspects=raw.aspects, n_superseded=len(raw.kind) - len(keep),
+        quant_var=np.concatenate([np.where(kind[overall] == KIND_CODE["thumbs"], 0.0, qv[overall]),
+                                  combined_qv[ok]]),
     )
+
+
+def quantisation_var(value: np.ndarray, scale_min: np.ndarray, scale_max: np.ndarray) -> np.ndarray:
+    """Rounding variance in reward units of a rating on a discrete scale: step^2 / 12 (Sheppard), the
+    step being one mark, 2 / (max - min) in reward units, where the value and both ends are whole
+    numbers; 0 for a continuous value (or none)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        span = scale_max - scale_min
+        whole = (value == np.round(value)) & (scale_min == np.round(scale_min)) & (scale_max == np.round(scale_max))
+        step = np.where(whole & (span >= 1.0), 2.0 / np.where(span > 0, span, 1.0), 0.0)
+    out: np.ndarray = np.nan_to_num(step * step / 12.0)
+    return out
 
 
 def _latest(raw: RawRatings) -> np.ndarray:

@@ -14,8 +14,9 @@ reviewer calibration (Paul 1981; Flach et al. 2010):
 
 a_r is the rater's scale (how strongly quality moves their rating; negative = inverted), b_r their
 offset (lenient > 0 > harsh), s2_r their noise. The priors shrink raters with few ratings towards
-the population (mu_a, mu_b, s2_0 are re-estimated each round from well-observed raters: empirical
-Bayes), so a rater with 2 ratings is pulled in and one with 200 is trusted on their own data. The
+the population (mu_a, mu_b are re-estimated each round from well-observed raters, s2_0 from every
+rater's residuals: empirical Bayes; noise never goes below a discrete scale's rounding variance), so a
+rater with 2 ratings is pulled in and one with 200 is trusted on their own data. The
 N(0, 1) prior on q fixes location and scale; the sign is fixed by the typical rater (mu_a > 0).
 
 Fitting is coordinate ascent with closed-form updates over flat arrays (np.bincount), no loops over
@@ -55,7 +56,7 @@ class ModelConfig:
     tau_a_rel: float = 0.75  # prior sd of a rater's scale, relative to the typical scale mu_a
     tau_b_bounds: tuple[float, float] = (0.05, 0.6)  # prior sd of offsets, estimated within these
     nu: float = 4.0  # pseudo-ratings behind the population noise level s2_0
-    s2_floor: float = 2e-3  # no rater is noiseless: keeps a constant rater from dominating
+    s2_floor: float = 2e-3  # no rater is noiseless, even on a continuous scale (discrete ones: step^2 / 12 more)
     weak_noise_var: float = 1.0  # noise of implicit/comment signals (a careful star rating: ~0.05)
     hyper_min: int = 5  # raters with this many ratings inform the population (mu_a, mu_b, s2_0)
 
@@ -121,6 +122,12 @@ def fit_raters(
     v0 = np.ones(N) if prior_var is None else np.asarray(prior_var, float)
     n = np.bincount(r, minlength=R).astype(float)
     n_gauss: np.ndarray = np.zeros(R)  # Gaussian ratings per rater, counted by how much they say about noise
+    # Noise floor per rater: a rating on a discrete scale carries at least its rounding variance (step^2 / 12,
+    # 0.0208 for 1-5 stars in reward units), so no star rater's noise goes below their scale's.
+    qv = np.zeros(len(x) - nb) if obs.quant_var is None else np.asarray(obs.quant_var, float)[perm][nb:]
+    n_g = np.bincount(r[nb:], minlength=R).astype(float)
+    floor = cfg.s2_floor + np.bincount(r[nb:], qv, R) / np.maximum(n_g, 1.0)
+    a_var, ab_cov = np.full(R, (cfg.tau_a_rel * 0.5) ** 2), np.zeros(R)
 
     if init is not None:
         v = (init.quality_var if init.em_var is None else init.em_var).copy()
@@ -161,18 +168,28 @@ def fit_raters(
         y1 = np.bincount(r, wk * z, R) + mu_b / tau_b**2
         det = A00 * A11 - A01 * A01
         a, b = (y0 * A11 - A01 * y1) / det, (A00 * y1 - A01 * y0) / det
-        b_var = A00 / det
-        # Noise step: only Gaussian ratings inform s2 (thumbs fix a / s only up to scale); the part
-        # of the residual that the others' uncertainty about q explains (a^2 v_cav) is not noise.
-        # A rating of an interaction nobody else rated says nothing about noise vs scale, so each
-        # rating counts by how much the others pin q down (1 - v_cav / v0; 0 when single-rated).
+        a_var, b_var, ab_cov = A11 / det, A00 / det, -A01 / det
+        # Noise step (EM for s2, a rating's residual e = y - a m_cav - b split into noise and the part
+        # q's uncertainty explains): given the others, e = a u + eps + d, u ~ N(0, v_cav) what the others
+        # leave open about q, eps ~ N(0, s2) the noise, d the error of the fitted (a, b) (variance
+        # p = m^2 Var a + 2 m Cov + Var b: without it a rater with 3 ratings fits them too well and
+        # their noise collapses). E[eps^2 | e] = f^2 (e^2 + p) + s2 (1 - f), f = s2 / (s2 + a^2 v_cav):
+        # never negative, unlike e^2 - a^2 v_cav, and unbiased (EM's fixed point is the MAP).
+        # Only Gaussian ratings inform s2 (thumbs fix a / s only up to scale); a rating of an interaction
+        # nobody else rated says nothing about noise vs scale, so each rating counts by how much the
+        # others pin q down (1 - v_cav / v0; 0 when single-rated).
         rg = r[nb:]
-        ag = a[rg]
-        known = np.clip(1.0 - v_cav[nb:] / v0[i[nb:]], 0.0, 1.0)
-        resid = known * ((x[nb:] - ag * m_cav[nb:] - b[rg]) ** 2 - ag * ag * v_cav[nb:])
+        ag, mg, vg = a[rg], m_cav[nb:], v_cav[nb:]
+        known = np.clip(1.0 - vg / v0[i[nb:]], 0.0, 1.0)
+        e = x[nb:] - ag * mg - b[rg]
+        p = (a_var[rg] * mg + 2.0 * ab_cov[rg]) * mg + b_var[rg]
+        s2g = s2[rg]
+        f = s2g / (s2g + ag * ag * vg)
         n_gauss = np.bincount(rg, known, R)
-        s2 = np.maximum((cfg.nu * s2_0 + np.bincount(rg, resid, R)) / (cfg.nu + n_gauss), cfg.s2_floor)
-        mu_a, mu_b, s2_0, tau_b = _population(a, b, b_var, s2, n, n_gauss, wr, cfg, (mu_a, mu_b, s2_0, tau_b))
+        ss = np.bincount(rg, known * (f * f * (e * e + p) + s2g * (1.0 - f)), R)
+        s2 = np.maximum((cfg.nu * s2_0 + ss) / (cfg.nu + n_gauss), floor)
+        s2_0 = _population_noise(ss, n_gauss, wr, floor, cfg, s2_0)
+        mu_a, mu_b, tau_b = _population(a, b, b_var, n, wr, cfg, (mu_a, mu_b, tau_b))
         # Quality step: Gaussian posterior of q given every unflagged rater's y* and the weak signals.
         own_prec, own_num = _own(a, b, s2, r, z, w)
         prec = 1.0 / v0 + np.bincount(i, own_prec, N)
@@ -297,11 +314,25 @@ def _naive_start(r: np.ndarray, i: np.ndarray, x: np.ndarray, n_items: int, w: n
     return np.where(rated, (mean - centre) / sd, 0.0), np.full(n_items, 0.5)
 
 
-def _population(a: np.ndarray, b: np.ndarray, b_var: np.ndarray, s2: np.ndarray, n: np.ndarray,
-                n_gauss: np.ndarray, wr: np.ndarray, cfg: ModelConfig, old: tuple[float, float, float, float]
-                ) -> tuple[float, float, float, float]:
+def _population_noise(ss: np.ndarray, k: np.ndarray, wr: np.ndarray, floor: np.ndarray, cfg: ModelConfig,
+                      s2_0: float) -> float:
+    """Empirical-Bayes scale of the noise prior s2_r ~ scaled-inv-chi2(nu, s2_0), from every (unflagged)
+    rater's pooled residuals: the EM update s2_0 = 1 / mean_r E[1 / s2_r | residuals], E[1 / s2_r] =
+    (nu + k_r) / (nu s2_0 + SS_r) (SS_r: the rater's expected squared noise over k_r checkable ratings).
+    Raters with few ratings sit near 1 / s2_0 and barely move it; a random rater's precision is ~0, so
+    a share of them raises s2_0 by about that share (a median of per-rater posteriors, by contrast,
+    chases its own shrinkage: with few ratings each, they are pulled towards s2_0, which is their median)."""
+    sel = (k > 0) & (wr > 0)
+    if sel.sum() < 3:
+        return s2_0
+    prec = np.minimum((cfg.nu + k[sel]) / (cfg.nu * s2_0 + ss[sel]), 1.0 / floor[sel])
+    return max(1.0 / float(np.mean(prec)), cfg.s2_floor)
+
+
+def _population(a: np.ndarray, b: np.ndarray, b_var: np.ndarray, n: np.ndarray, wr: np.ndarray, cfg: ModelConfig,
+                old: tuple[float, float, float]) -> tuple[float, float, float]:
     """Empirical-Bayes population: medians (robust to the trolls still in) over well-observed raters."""
-    mu_a, mu_b, s2_0, tau_b = old
+    mu_a, mu_b, tau_b = old
     known = (n >= cfg.hyper_min) & (wr > 0)
     if known.sum() >= 3:
         mu_a = max(float(np.median(a[known])), 0.05)  # the typical rater tracks quality: fixes the sign
@@ -311,7 +342,4 @@ def _population(a: np.ndarray, b: np.ndarray, b_var: np.ndarray, s2: np.ndarray,
         # few raters). Robust form: MAD^2 of the posterior means plus the median posterior variance.
         mad = float(np.median(np.abs(b[known] - mu_b))) * 1.4826
         tau_b = float(np.clip(np.sqrt(mad**2 + float(np.median(b_var[known]))), *cfg.tau_b_bounds))
-    gauss = (n_gauss >= cfg.hyper_min) & (wr > 0)
-    if gauss.sum() >= 3:
-        s2_0 = max(float(np.median(s2[gauss])), cfg.s2_floor)
-    return mu_a, mu_b, s2_0, tau_b
+    return mu_a, mu_b, tau_b
