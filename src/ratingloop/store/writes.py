@@ -117,13 +117,13 @@ class _Snapshot:
         people |= {r.rater_id for u in units for r in _ratings(u) if r.rater_id}
         interactions = {
             row.id: {"content_hash": row.content_hash, "user_id": row.user_id}
-            for row in _run_in(conn, _query("interactions"), iids)
+            for row in _run_in(conn, _SELECT_INTERACTIONS, iids)
         }
         people |= {i["user_id"] for i in interactions.values() if i["user_id"]}  # askers rate by default
-        by_key = {row.idempotency_key: row._asdict() for row in _run_in(conn, _query("ratings_by_key"), keys)}
-        taken = {row.id for row in _run_in(conn, _query("rating_ids"), rids)}
+        by_key = {row.idempotency_key: row._asdict() for row in _run_in(conn, _SELECT_RATINGS_BY_KEY, keys)}
+        taken = {row.id for row in _run_in(conn, _SELECT_RATING_IDS, rids)}
         tomb = {row.user_hash: row.deleted_at for row in
-                _run_in(conn, _query("tombstones"), {user_hash(p) for p in people})}
+                _run_in(conn, _SELECT_TOMBSTONES, {user_hash(p) for p in people})}
         return cls(interactions, by_key, taken, tomb)
 
     def deleted(self, user_id: str | None, created_at: datetime | None) -> datetime | None:
@@ -146,11 +146,11 @@ class _Snapshot:
 
     def flush(self, conn: Connection, now: datetime) -> None:
         if self.new_interactions:
-            conn.execute(_query("insert_interactions"), self.new_interactions)
+            conn.execute(_INSERT_INTERACTIONS, self.new_interactions)
         if self.new_ratings:
             raters = {r["rater_id"] for r in self.new_ratings}
             _insert_missing(conn, t.raters, [{"id": r, "first_seen_at": now} for r in sorted(raters)])
-            conn.execute(_query("insert_ratings"), self.new_ratings)
+            conn.execute(_INSERT_RATINGS, self.new_ratings)
 
 
 def _ratings(unit: WriteUnit) -> Iterator[CleanRating]:
@@ -242,30 +242,23 @@ def _judge_rating(r: CleanRating, vouched: bool, live: bool, view: _Snapshot, st
     return row, 201
 
 
-# The write path's statements, built once and reused: a reused statement object keeps SQLAlchemy from
-# rebuilding it and recomputing its cache key on every group commit (measured: most of the CPU of a
-# one-rating transaction went there). `IN` lists are expanding bind parameters.
-_QUERIES: dict[str, Any] = {}
-
-
-def _query(name: str) -> Any:
-    query = _QUERIES.get(name)
-    if query is None:
-        I, R, D = t.interactions, t.ratings, t.deleted_users
-        values: Any = bindparam("values", expanding=True)
-        query = _QUERIES[name] = {
-            "interactions": lambda: select(I.c.id, I.c.content_hash, I.c.user_id).where(I.c.id.in_(values)),
-            "ratings_by_key": lambda: select(R).where(R.c.idempotency_key.in_(values)),
-            "rating_ids": lambda: select(R.c.id).where(R.c.id.in_(values)),
-            "tombstones": lambda: select(D.c.user_hash, D.c.deleted_at).where(D.c.user_hash.in_(values)),
-            "insert_interactions": lambda: insert(I),
-            "insert_ratings": lambda: insert(R),
-        }[name]()
-    return query
+# The write path's statements, built once at import and reused: a reused statement object keeps
+# SQLAlchemy from rebuilding it and recomputing its cache key on every group commit (measured: most
+# of the CPU of a one-rating transaction went there). `IN` lists are expanding bind parameters.
+_VALUES: Any = bindparam("values", expanding=True)
+_SELECT_INTERACTIONS = select(t.interactions.c.id, t.interactions.c.content_hash, t.interactions.c.user_id).where(
+    t.interactions.c.id.in_(_VALUES))
+_SELECT_RATINGS_BY_KEY = select(t.ratings).where(t.ratings.c.idempotency_key.in_(_VALUES))
+_SELECT_RATING_IDS = select(t.ratings.c.id).where(t.ratings.c.id.in_(_VALUES))
+_SELECT_TOMBSTONES = select(t.deleted_users.c.user_hash, t.deleted_users.c.deleted_at).where(
+    t.deleted_users.c.user_hash.in_(_VALUES))
+_INSERT_INTERACTIONS = insert(t.interactions)
+_INSERT_RATINGS = insert(t.ratings)
+_INSERT_MISSING: dict[tuple[str, str], Any] = {}  # (dialect, table) -> INSERT ... ON CONFLICT DO NOTHING
 
 
 def _run_in(conn: Connection, query: Any, values: Iterable[Any]) -> Iterator[Any]:
-    """The rows of a `_query` statement for `values`, CHUNK at a time (no query for no values)."""
+    """The rows of a `_SELECT_*` statement for `values`, CHUNK at a time (no query for no values)."""
     values = list(values)
     for start in range(0, len(values), CHUNK):
         yield from conn.execute(query, {"values": values[start:start + CHUNK]})
@@ -275,13 +268,13 @@ def _insert_missing(conn: Connection, table: Table, rows: list[dict[str, Any]]) 
     """INSERT ... ON CONFLICT DO NOTHING, in the dialect's own words."""
     if not rows:
         return
-    key = f"on_conflict_do_nothing:{conn.dialect.name}:{table.name}"
-    statement = _QUERIES.get(key)
+    key = (conn.dialect.name, table.name)
+    statement = _INSERT_MISSING.get(key)
     if statement is None:
         from sqlalchemy.dialects import postgresql, sqlite
 
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        statement = _QUERIES[key] = dialect.insert(table).on_conflict_do_nothing()
+        statement = _INSERT_MISSING[key] = dialect.insert(table).on_conflict_do_nothing()
     conn.execute(statement, rows)
 
 
