@@ -220,9 +220,9 @@ def test_db_upgrade(db_url: str) -> None:
     assert result.exit_code == 0
     head = head_revision()
     assert head and f"database at revision {head}" in result.stdout
-    from ratingloop.store.db import _create_engine
+    from ratingloop.store.db import new_engine
 
-    engine = _create_engine(db_url)
+    engine = new_engine(db_url)
     try:
         assert current_revision(engine) == head
     finally:

@@ -327,11 +327,11 @@ def test_racing_writers_with_the_same_keys_store_each_once(db_url: str) -> None:
     is judged again as a replay. Exactly one 201 per key, the rest 200, one row per key."""
     import threading
 
-    from ratingloop.store.db import _create_engine
+    from ratingloop.store.db import new_engine
 
     seed(open_engine(db_url), inter("c-1"))
     n_writers, rounds = 6, 5
-    engines = [_create_engine(db_url) for _ in range(n_writers)]
+    engines = [new_engine(db_url) for _ in range(n_writers)]
     statuses: list[list[int]] = [[] for _ in range(rounds)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(n_writers)

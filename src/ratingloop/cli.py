@@ -273,10 +273,10 @@ def generate(
 @db_app.command("upgrade")
 def db_upgrade(db: Db = None) -> None:
     """Apply pending migrations (ratingloop also does this on first use)."""
-    from ratingloop.store.db import _create_engine, upgrade
+    from ratingloop.store.db import new_engine, upgrade
 
     settings = _settings(db)
-    revision = upgrade(_create_engine(settings.url))
+    revision = upgrade(new_engine(settings.url))
     out.print(f"database at revision {revision}")
 
 

@@ -33,7 +33,7 @@ def open_engine(url: str, *, migrate: bool = True) -> Engine:
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = _create_engine(url)
+            engine = new_engine(url)
             if migrate:
                 upgrade(engine)
             _engines[url] = engine
@@ -47,7 +47,8 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
-def _create_engine(url: str) -> Engine:
+def new_engine(url: str) -> Engine:
+    """A fresh, unmigrated, uncached engine for `url` (SQLite pragmas set); most code wants open_engine."""
     try:
         parsed = make_url(url)
     except ArgumentError as e:
