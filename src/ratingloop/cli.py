@@ -24,9 +24,11 @@ app = typer.Typer(help="ratingloop: turn the ratings users give an LLM's answers
 db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
 users_app = typer.Typer(help="End users and their data.", no_args_is_help=True)
 model_app = typer.Typer(help="The base model (offline default: SmolLM2-135M-Instruct).", no_args_is_help=True)
+versions_app = typer.Typer(help="The registry of model versions.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(model_app, name="model")
+app.add_typer(versions_app, name="versions")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -268,6 +270,47 @@ def generate(
     n = cli_generate(model, prompts, out_file, max_tokens=max_tokens, temperature=temperature,
                      batch_size=batch_size, console=err)
     out.print(f"{n} answers -> {out_file}", highlight=False)
+
+
+@app.command()
+def train(
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for the LoRA adapter, run.json and log.jsonl")],
+    method: Annotated[str, typer.Option("--method", help="sft (wsft, kto, dro, dpo, reward, grpo: next)")] = "sft",
+    data: Annotated[Optional[Path], typer.Option("--data", help="a `ratingloop build` folder; default: "
+                                                 "build the method's set from the store")] = None,
+    base: Annotated[Optional[str], typer.Option("--base", help="default, a model folder or a cached hub id")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file; its [train] table overrides defaults")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="train.KEY=VALUE (repeatable)")] = None,
+    db: Db = None,
+) -> None:
+    """Fine-tune a LoRA adapter from the ratings and register it as a candidate version."""
+    from ratingloop.pipeline_config import load_section
+    from ratingloop.train import TrainConfig
+    from ratingloop.train import train as run_training
+
+    cfg = load_section(TrainConfig, "train", config, set_)
+    result = run_training(_engine(db), method, out_dir=out_dir, data_dir=data, base=base, cfg=cfg)
+    loss = result.metrics.get("train_loss")
+    out.print(f"{method}: candidate {result.version_id} (run {result.run_id}) -> {out_dir}"
+              + (f"; train loss {loss:.3f}" if isinstance(loss, (int, float)) else ""), highlight=False)
+
+
+@versions_app.command("list")
+def versions_list(db: Db = None, json_: Json = False) -> None:
+    """Every model version, newest first: status, base, adapter, lineage."""
+    from dataclasses import asdict
+
+    from ratingloop.models.registry import list_versions
+
+    rows = list_versions(_engine(db))
+    if json_:
+        out.print_json(json.dumps([asdict(r) for r in rows], default=str))
+        return
+    table = Table("version", "status", "created", "base", "adapter", "parent", "dataset")
+    for r in rows:
+        table.add_row(r.id, r.status, str(r.created_at)[:19], str(r.base_model), str(r.adapter_path or ""),
+                      str(r.parent_id or ""), str(r.dataset_snapshot_id or ""))
+    out.print(table)
 
 
 @db_app.command("upgrade")

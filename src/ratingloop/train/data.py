@@ -1,0 +1,77 @@
+"""Stage 5, train: open a built dataset folder and check it fits the method, before any training.
+
+A folder from `ratingloop build --format F --out DIR` holds DIR/train and DIR/eval
+(`datasets.save_to_disk`) and DIR/manifest.json (format, snapshot id). Everything that can be wrong
+with it - missing, empty, another format, other columns - is found here and named with the command
+that makes the right one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ratingloop.errors import RatingloopError
+
+# method -> (the build format it reads, the columns its trainer needs)
+NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sft": ("sft", ("prompt", "completion")),
+}
+
+
+@dataclass
+class TrainData:
+    train: Any  # datasets.Dataset
+    eval: Any | None  # None when the eval split is missing or empty
+    snapshot_id: str | None  # from manifest.json; None for a folder not built by ratingloop
+    manifest: dict[str, Any]
+
+
+def load_train_data(data_dir: Path, method: str) -> TrainData:
+    """The train/eval splits of `data_dir`, checked for `method`; RatingloopError says what is wrong."""
+    fmt, columns = NEEDS[method]
+    fix = f"build one with `ratingloop build --format {fmt} --out {data_dir}`, or train without --data"
+    if not data_dir.is_dir():
+        raise RatingloopError(f"--data {data_dir}: no such folder; {fix}")
+    manifest = _manifest(data_dir)
+    if manifest.get("format") not in (None, fmt):
+        raise RatingloopError(f"--data {data_dir}: is a {manifest['format']!r} dataset, but --method {method} "
+                              f"needs {fmt!r}; {fix}")
+    train = _split(data_dir, "train", fix)
+    if train is None:
+        raise RatingloopError(f"--data {data_dir}: no train split ({data_dir / 'train'} is missing); {fix}")
+    missing = [c for c in columns if c not in train.column_names]
+    if missing:
+        raise RatingloopError(f"--data {data_dir}: the train split has columns {train.column_names}, not "
+                              f"{', '.join(columns)} (missing {', '.join(missing)}); {fix}")
+    if len(train) == 0:
+        raise RatingloopError(f"--data {data_dir}: the train split is empty; collect more ratings, then {fix}")
+    eval_ = _split(data_dir, "eval", fix)
+    return TrainData(train, eval_ if eval_ is not None and len(eval_) else None, manifest.get("snapshot_id"),
+                     manifest)
+
+
+def _manifest(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / "manifest.json"
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RatingloopError(f"--data {data_dir}: manifest.json is unreadable ({e}); rebuild the folder") from e
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _split(data_dir: Path, name: str, fix: str) -> Any | None:
+    from datasets import load_from_disk
+
+    path = data_dir / name
+    if not path.exists():
+        return None
+    try:
+        return load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - any loader failure means "not a saved dataset"
+        raise RatingloopError(f"--data {data_dir}: {path} is not a saved dataset ({type(e).__name__}: {e}); "
+                              f"{fix}") from e
