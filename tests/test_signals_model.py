@@ -3,6 +3,8 @@ known truth. Small sets (<= 20k ratings), so each test takes well under a second
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.stats import spearmanr
 
@@ -31,13 +33,19 @@ def test_reward_beats_naive_mean_by_010_with_20pct_trolls() -> None:
         assert ours >= naive + 0.10, (seed, ours, naive)
 
 
-def test_trolls_flagged_with_precision_and_recall_08() -> None:
-    # ~100 ratings per rater: enough to judge each one (a rater with 3 ratings is never flagged)
-    sim = simulate(SimConfig(n_items=2000, n_raters=200, n_ratings=20_000, troll_frac=0.2, activity_sigma=0.3))
-    obs = observations(to_raw(sim))
-    fit, flags = fit_excluding_trolls(obs, topic=sim.truth.topic)
+def fit_and_flag(cfg: SimConfig) -> tuple[Any, Any, list[Any], np.ndarray]:
+    """Simulate, fit with troll exclusion; the flags also as a mask over raters."""
+    sim = simulate(cfg)
+    fit, flags = fit_excluding_trolls(observations(to_raw(sim)), topic=sim.truth.topic)
     flagged = np.zeros(sim.n_raters, bool)
     flagged[[f.rater for f in flags]] = True
+    return sim, fit, flags, flagged
+
+
+def test_trolls_flagged_with_precision_and_recall_08() -> None:
+    # ~100 ratings per rater: enough to judge each one (a rater with 3 ratings is never flagged)
+    sim, fit, flags, flagged = fit_and_flag(
+        SimConfig(n_items=2000, n_raters=200, n_ratings=20_000, troll_frac=0.2, activity_sigma=0.3))
     troll = sim.truth.is_troll
     precision = (flagged & troll).sum() / flagged.sum()
     recall = (flagged & troll).sum() / troll.sum()
@@ -191,11 +199,8 @@ def test_scale_and_reliability_of_a_three_rating_rater_stay_near_the_population(
 
 
 def test_evidence_grows_with_ratings_and_three_ratings_are_never_flagged() -> None:
-    sim = simulate(SimConfig(n_items=3000, n_raters=300, n_ratings=24_000, troll_frac=0.2, seed=5))
-    obs = observations(to_raw(sim))
-    fit, flags = fit_excluding_trolls(obs, topic=sim.truth.topic)
-    flagged = np.zeros(sim.n_raters, bool)
-    flagged[[f.rater for f in flags]] = True
+    sim, fit, flags, flagged = fit_and_flag(
+        SimConfig(n_items=3000, n_raters=300, n_ratings=24_000, troll_frac=0.2, seed=5))
     assert not flagged[fit.n < 5].any()
     assert all(0.0 <= f.evidence["honest_prob"] < 0.5 for f in flags if "honest_prob" in f.evidence)
     troll = sim.truth.is_troll
