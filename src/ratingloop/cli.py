@@ -275,7 +275,7 @@ def generate(
 @app.command()
 def train(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for the LoRA adapter, run.json and log.jsonl")],
-    method: Annotated[str, typer.Option("--method", help="sft (wsft, kto, dro, dpo, reward, grpo: next)")] = "sft",
+    method: Annotated[str, typer.Option("--method", help="sft, kto or dpo (wsft, dro, reward, grpo: next)")] = "sft",
     data: Annotated[Optional[Path], typer.Option("--data", help="a `ratingloop build` folder; default: "
                                                  "build the method's set from the store")] = None,
     base: Annotated[Optional[str], typer.Option("--base", help="default, a model folder or a cached hub id")] = None,

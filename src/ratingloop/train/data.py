@@ -18,6 +18,13 @@ from ratingloop.errors import RatingloopError
 # method -> (the build format it reads, the columns its trainer needs)
 NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sft": ("sft", ("prompt", "completion")),
+    "kto": ("kto", ("prompt", "completion", "label")),
+    "dpo": ("dpo", ("prompt", "chosen", "rejected")),
+}
+# what an empty train split lacks, where "collect more ratings" is not the whole story
+MISSING: dict[str, str] = {
+    "dpo": "no preference pairs (DPO needs two answers to one prompt whose rewards clearly differ, or an answer "
+           "and its correction): log several answers per prompt or collect corrections, or train --method kto",
 }
 
 
@@ -47,7 +54,8 @@ def load_train_data(data_dir: Path, method: str) -> TrainData:
         raise RatingloopError(f"--data {data_dir}: the train split has columns {train.column_names}, not "
                               f"{', '.join(columns)} (missing {', '.join(missing)}); {fix}")
     if len(train) == 0:
-        raise RatingloopError(f"--data {data_dir}: the train split is empty; collect more ratings, then {fix}")
+        what = MISSING.get(method, "collect more ratings")
+        raise RatingloopError(f"--data {data_dir}: the train split is empty; {what}, then {fix}")
     eval_ = _split(data_dir, "eval", fix)
     return TrainData(train, eval_ if eval_ is not None and len(eval_) else None, manifest.get("snapshot_id"),
                      manifest)

@@ -1,207 +1,23 @@
-"""Stage 5, train: `ratingloop train --method sft`, top to bottom.
+"""Stage 5, train: the `sft` recipe - TRL SFTTrainer + PEFT LoRA on confidently good answers and corrections.
 
-    result = train(engine, "sft", out_dir=Path("runs/sft-1"), cfg=TrainConfig(max_steps=50))
-    generate(str(result.out_dir), prompts)  # the adapter loads like any model reference
-
-Reads a built sft dataset (`--data DIR`, or built from the store into OUT/data), the base model
-(`--base`: a model folder, a cached hub id, or the default model), and writes to OUT:
-
-    adapter_config.json, adapter_model.safetensors   the LoRA adapter (names its base's folder)
-    tokenizer files                                  so the adapter generates with its own template
-    run.json                                         resolved config, versions, git revision, seed, metrics
-    log.jsonl                                        the trainer's log history, one line per logging step
-
-and one `training_runs` row (running -> succeeded | failed with the reason) plus, on success, a
-`candidate` model version with its lineage. Bad input (an empty or wrong-format dataset, a base that
-cannot be loaded) stops before the first step, with a message naming what is missing and the fix.
+Reads a built sft dataset (prompt/completion chat messages). run.py loads the data and the base, then
+calls `make_trainer`, trains, saves and registers.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import logging
-import platform
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
-
-import ratingloop
-from ratingloop.errors import ConfigError, RatingloopError
-from ratingloop.models.load import ModelLoadError, ResolvedModel, resolve_model
-from ratingloop.models.registry import fail_run, finish_run, snapshot_exists, start_run, update_run
+from ratingloop.train.common import lora_config, quiet, trainer_args
 from ratingloop.train.config import TrainConfig
-from ratingloop.train.data import NEEDS, TrainData, load_train_data
-
-log = logging.getLogger(__name__)
-
-METHODS = tuple(NEEDS)  # methods this module trains; the others arrive with their own recipes
+from ratingloop.train.data import TrainData
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    run_id: str
-    version_id: str
-    out_dir: Path  # the adapter folder: `ratingloop generate --model OUT` loads it
-    base_model: str  # the base's resolved folder
-    dataset_snapshot_id: str | None
-    metrics: dict[str, Any]
-
-
-def train(engine: Engine, method: str = "sft", *, out_dir: Path, data_dir: Path | None = None,
-          base: str | Path | None = None, cfg: TrainConfig | None = None, parent_version_id: str | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train `method` with LoRA on `base` and register the adapter as a candidate version."""
-    if method not in METHODS:
-        raise ConfigError(f"--method {method!r}: this build trains {', '.join(METHODS)}")
-    cfg = cfg or TrainConfig()
-    cfg.validate()
-    out_dir = Path(out_dir)
-    if (out_dir / "adapter_config.json").exists():
-        raise RatingloopError(f"--out {out_dir} already holds an adapter (a registered version may point at it); "
-                              "choose a new folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_id = start_run(engine, method=method, config=cfg.as_dict(), base_model=str(base or "default"),
-                       parent_version_id=parent_version_id, log_path=out_dir / "log.jsonl")
-    try:
-        return _train(engine, run_id, method, out_dir, data_dir, base, cfg, progress)
-    except BaseException as e:  # KeyboardInterrupt too: a run never stays "running" after we return
-        fail_run(engine, run_id, f"{type(e).__name__}: {e}")
-        log.error("train %s: run %s failed: %s", method, run_id, e)
-        raise
-
-
-def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Path | None,
-           base: str | Path | None, cfg: TrainConfig, progress: bool) -> TrainResult:
-    # --- inputs, all checked before the first step ------------------------------------------------
-    data = _data(engine, method, out_dir, data_dir)
-    resolved = resolve_model(base)
-    if resolved.kind == "adapter":
-        raise ModelLoadError(f"--base {base}: is a LoRA adapter; train on a full model (its base is "
-                             f"{resolved.weights_path}), or merge the adapter into a model folder first")
-    model, tokenizer = _load_base(resolved)
-    base_model = str(resolved.weights_path)
-    update_run(engine, run_id, base_model=base_model, dataset_snapshot_id=data.snapshot_id)
-    _write_run_json(out_dir, run_id, method, cfg, base_model, data, metrics=None)
-
-    # --- train -------------------------------------------------------------------------------------
-    trainer = _trainer(model, tokenizer, data, cfg, out_dir, progress)
-    output = trainer.train()
-    metrics = _metrics(trainer, output, data)
-    if data.eval is not None:
-        metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
-
-    # --- save, then register: a version never points at a folder that was not written --------------
-    trainer.model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    _pin_base(out_dir, base_model)
-    (out_dir / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in trainer.state.log_history))
-    version_id = finish_run(engine, run_id, adapter_path=out_dir.resolve(), metrics=metrics)
-    _write_run_json(out_dir, run_id, method, cfg, base_model, data, metrics=metrics, version_id=version_id)
-    log.info("train %s: %d train / %d eval rows, %d steps, loss %.4f -> %.4f; run %s -> candidate %s in %s",
-             method, len(data.train), len(data.eval) if data.eval is not None else 0, metrics["steps"],
-             metrics["first_loss"], metrics["last_loss"], run_id, version_id, out_dir)
-    return TrainResult(run_id, version_id, out_dir, base_model, data.snapshot_id, metrics)
-
-
-def _data(engine: Engine, method: str, out_dir: Path, data_dir: Path | None) -> TrainData:
-    """The given folder, or the method's dataset built from the store into OUT/data."""
-    if data_dir is None:
-        from ratingloop.build import BuildConfig, build_dataset
-
-        data_dir = out_dir / "data"
-        build_dataset(engine, NEEDS[method][0], data_dir, BuildConfig())
-    data = load_train_data(Path(data_dir), method)
-    if data.snapshot_id is not None and not snapshot_exists(engine, data.snapshot_id):
-        log.warning("--data %s: its snapshot %s is not in this store; the run records no dataset snapshot",
-                    data_dir, data.snapshot_id)
-        data.snapshot_id = None
-    return data
-
-
-def _load_base(resolved: ResolvedModel) -> tuple[Any, Any]:
-    """The base in fp32 (LoRA weights train in fp32; `cfg.bf16` autocasts the matmuls) and its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolved.weights_path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except Exception as e:  # noqa: BLE001 - any loader failure is reported with the folder
-        raise ModelLoadError(f"--base {path}: cannot load a causal LM and its tokenizer ({type(e).__name__}: {e}); "
-                             "give a Hugging Face model folder, or run `ratingloop model pull` for the default"
-                             ) from e
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelLoadError(f"--base {path}: the tokenizer has no chat template, and the training rows are chat "
-                             "messages; give an instruct/chat model")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def _trainer(model: Any, tokenizer: Any, data: TrainData, cfg: TrainConfig, out_dir: Path, progress: bool) -> Any:
-    import torch
-    from peft import LoraConfig
-    from transformers import PrinterCallback, set_seed
+def make_trainer(model: Any, tokenizer: Any, data: TrainData, cfg: TrainConfig, out_dir: Path,
+                 progress: bool) -> Any:
     from trl import SFTConfig, SFTTrainer
 
-    set_seed(cfg.seed)  # before TRL wraps the model: the LoRA A matrices are drawn then
-    tensorboard = importlib.util.find_spec("tensorboard") is not None
-    args = SFTConfig(
-        output_dir=str(out_dir / "checkpoints"),
-        report_to=["tensorboard"] if tensorboard else "none",
-        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the steps
-        seed=cfg.seed, bf16=cfg.bf16, logging_steps=cfg.logging_steps, logging_first_step=True,
-        save_strategy="no", eval_strategy="no", disable_tqdm=not progress, dataloader_num_workers=0,
-        # TRL turns activation checkpointing on by default; it recomputes every layer's forward (~30% more
-        # compute) to save memory a 135M model on CPU does not need
-        activation_checkpointing=cfg.activation_checkpointing, include_num_input_tokens_seen=True,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.modules(), task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                         processing_class=tokenizer, peft_config=lora)
-    trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which is for results
-    return trainer
-
-
-def _metrics(trainer: Any, output: Any, data: TrainData) -> dict[str, Any]:
-    losses = [float(x["loss"]) for x in trainer.state.log_history if "loss" in x]
-    runtime = float(output.metrics.get("train_runtime", 0.0))
-    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
-    return {"train_loss": float(output.training_loss), "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None, "steps": int(trainer.state.global_step),
-            "train_rows": len(data.train), "eval_rows": len(data.eval) if data.eval is not None else 0,
-            "tokens": tokens, "train_runtime_s": runtime, "tokens_per_s": tokens / runtime if runtime else None}
-
-
-def _pin_base(out_dir: Path, base_model: str) -> None:
-    """The adapter names its base by the folder we loaded, so `resolve_model(out_dir)` finds it again."""
-    path = out_dir / "adapter_config.json"
-    config = json.loads(path.read_text())
-    if config.get("base_model_name_or_path") != base_model:
-        config["base_model_name_or_path"] = base_model
-        path.write_text(json.dumps(config, indent=2) + "\n")
-
-
-def _write_run_json(out_dir: Path, run_id: str, method: str, cfg: TrainConfig, base_model: str, data: TrainData,
-                    metrics: dict[str, Any] | None, version_id: str | None = None) -> None:
-    """What reproduces this run: resolved config, seed, inputs, package versions, git revision."""
-    from importlib.metadata import version
-
-    from ratingloop.build.write import git_revision
-
-    doc = {"run_id": run_id, "version_id": version_id, "method": method, "config": cfg.as_dict(), "seed": cfg.seed,
-           "base_model": base_model, "dataset_snapshot_id": data.snapshot_id,
-           "data_content_hash": data.manifest.get("content_hash"), "ratingloop_version": ratingloop.__version__,
-           "git_revision": git_revision(), "python": platform.python_version(),
-           "packages": {p: version(p) for p in ("torch", "transformers", "trl", "peft", "datasets")},
-           "metrics": metrics}
-    (out_dir / "run.json").write_text(json.dumps(doc, indent=2) + "\n")
+    args = SFTConfig(**trainer_args(cfg, out_dir, progress))
+    return quiet(SFTTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                            processing_class=tokenizer, peft_config=lora_config(cfg)))

@@ -1,0 +1,51 @@
+"""Stage 5, train: the `kto` recipe - TRL KTOTrainer + PEFT LoRA on answers labelled desirable/undesirable.
+
+Reads a built kto dataset (prompt/completion/label). The desirable/undesirable weights are the
+builder's class-balance weights from DIR/manifest.json ("kto"), so the rarer label is not drowned out;
+a folder without them gets weights computed here from its train labels by the same rule. The
+reference model is the base itself: with a LoRA model and ref_model=None, TRL computes the reference
+log-probs with the adapter disabled, so no second copy of the base is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ratingloop.errors import RatingloopError
+from ratingloop.train.common import lora_config, quiet, trainer_args
+from ratingloop.train.config import TrainConfig
+from ratingloop.train.data import TrainData
+
+log = logging.getLogger(__name__)
+
+
+def make_trainer(model: Any, tokenizer: Any, data: TrainData, cfg: TrainConfig, out_dir: Path,
+                 progress: bool) -> Any:
+    from trl import KTOConfig, KTOTrainer
+
+    weights = kto_weights(data)
+    log.info("kto: desirable_weight=%s undesirable_weight=%s (%d desirable / %d undesirable)",
+             weights["desirable_weight"], weights["undesirable_weight"], weights["n_desirable"],
+             weights["n_undesirable"])
+    args = KTOConfig(**trainer_args(cfg, out_dir, progress), desirable_weight=weights["desirable_weight"],
+                     undesirable_weight=weights["undesirable_weight"])
+    return quiet(KTOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
+                            eval_dataset=data.eval, processing_class=tokenizer, peft_config=lora_config(cfg)))
+
+
+def kto_weights(data: TrainData) -> dict[str, Any]:
+    """The manifest's class-balance weights, or the builder's rule applied to the train labels."""
+    from ratingloop.build.formats import kto_weights as balance
+    from ratingloop.build.rows import Row
+
+    labels = [bool(x) for x in data.train["label"]]
+    if all(labels) or not any(labels):
+        kind = "desirable" if all(labels) else "undesirable"
+        raise RatingloopError(f"kto: every train row is {kind}; KTO learns from both desirable and undesirable "
+                              "answers - collect more ratings (or lower build.z) so both kinds are present")
+    recorded = data.manifest.get("kto")
+    if isinstance(recorded, dict) and {"desirable_weight", "undesirable_weight"} <= recorded.keys():
+        return recorded
+    return balance([Row(data={"label": x}, prompt_key="", rating_ids=()) for x in labels])

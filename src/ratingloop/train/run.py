@@ -1,0 +1,197 @@
+"""Stage 5, train: `ratingloop train --method sft|kto|dpo`, the run around any recipe, top to bottom.
+
+    result = train(engine, "kto", out_dir=Path("runs/kto-1"), cfg=TrainConfig(max_steps=50))
+    generate(str(result.out_dir), prompts)  # the adapter loads like any model reference
+
+Reads the method's built dataset (`--data DIR`, or built from the store into OUT/data), the base model
+(`--base`: a model folder, a cached hub id, or the default model), asks the method's recipe
+(sft.py, kto.py, dpo.py) for its TRL trainer, trains, and writes to OUT:
+
+    adapter_config.json, adapter_model.safetensors   the LoRA adapter (names its base's folder)
+    tokenizer files                                  so the adapter generates with its own template
+    run.json                                         resolved config, versions, git revision, seed, metrics
+    log.jsonl                                        the trainer's log history, one line per logging step
+
+and one `training_runs` row (running -> succeeded | failed with the reason) plus, on success, a
+`candidate` model version with its lineage. Bad input (an empty or wrong-format dataset, DPO without
+pairs, a base that cannot be loaded) stops before the first step, with a message naming what is
+missing and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from sqlalchemy import Engine
+
+import ratingloop
+from ratingloop.errors import ConfigError, RatingloopError
+from ratingloop.models.load import ModelLoadError, ResolvedModel, resolve_model
+from ratingloop.models.registry import fail_run, finish_run, snapshot_exists, start_run, update_run
+from ratingloop.train import dpo, kto, sft
+from ratingloop.train.config import TrainConfig
+from ratingloop.train.data import NEEDS, TrainData, load_train_data
+
+log = logging.getLogger(__name__)
+
+# method -> its recipe: a module whose make_trainer(model, tokenizer, data, cfg, out_dir, progress) returns
+# a ready TRL trainer with the LoRA config applied; the other methods arrive with their own recipes
+RECIPES: dict[str, ModuleType] = {"sft": sft, "kto": kto, "dpo": dpo}
+METHODS = tuple(RECIPES)
+
+# what to try instead when the store cannot feed a method
+ALTERNATIVE = {"dpo": "; or train --method kto or sft, which need no pairs"}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    version_id: str
+    out_dir: Path  # the adapter folder: `ratingloop generate --model OUT` loads it
+    base_model: str  # the base's resolved folder
+    dataset_snapshot_id: str | None
+    metrics: dict[str, Any]
+
+
+def train(engine: Engine, method: str = "sft", *, out_dir: Path, data_dir: Path | None = None,
+          base: str | Path | None = None, cfg: TrainConfig | None = None, parent_version_id: str | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train `method` with LoRA on `base` and register the adapter as a candidate version."""
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r}: this build trains {', '.join(METHODS)}")
+    cfg = cfg or TrainConfig()
+    cfg.validate()
+    out_dir = Path(out_dir)
+    if (out_dir / "adapter_config.json").exists():
+        raise RatingloopError(f"--out {out_dir} already holds an adapter (a registered version may point at it); "
+                              "choose a new folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = start_run(engine, method=method, config=cfg.as_dict(), base_model=str(base or "default"),
+                       parent_version_id=parent_version_id, log_path=out_dir / "log.jsonl")
+    try:
+        return _train(engine, run_id, method, out_dir, data_dir, base, cfg, progress)
+    except BaseException as e:  # KeyboardInterrupt too: a run never stays "running" after we return
+        fail_run(engine, run_id, f"{type(e).__name__}: {e}")
+        log.error("train %s: run %s failed: %s", method, run_id, e)
+        raise
+
+
+def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Path | None,
+           base: str | Path | None, cfg: TrainConfig, progress: bool) -> TrainResult:
+    # --- inputs, all checked before the first step ------------------------------------------------
+    data = _data(engine, method, out_dir, data_dir)
+    resolved = resolve_model(base)
+    if resolved.kind == "adapter":
+        raise ModelLoadError(f"--base {base}: is a LoRA adapter; train on a full model (its base is "
+                             f"{resolved.weights_path}), or merge the adapter into a model folder first")
+    model, tokenizer = _load_base(resolved)
+    base_model = str(resolved.weights_path)
+    update_run(engine, run_id, base_model=base_model, dataset_snapshot_id=data.snapshot_id)
+    _write_run_json(out_dir, run_id, method, cfg, base_model, data, metrics=None)
+
+    # --- train -------------------------------------------------------------------------------------
+    trainer = RECIPES[method].make_trainer(model, tokenizer, data, cfg, out_dir, progress)
+    output = trainer.train()
+    metrics = _metrics(trainer, output, data)
+    if data.eval is not None:
+        evaluated = trainer.evaluate()
+        if "eval_loss" in evaluated:
+            metrics["eval_loss"] = float(evaluated["eval_loss"])
+
+    # --- save, then register: a version never points at a folder that was not written --------------
+    trainer.model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    _pin_base(out_dir, base_model)
+    (out_dir / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in trainer.state.log_history))
+    version_id = finish_run(engine, run_id, adapter_path=out_dir.resolve(), metrics=metrics)
+    _write_run_json(out_dir, run_id, method, cfg, base_model, data, metrics=metrics, version_id=version_id)
+    log.info("train %s: %d train / %d eval rows, %d steps, loss %.4f -> %.4f; run %s -> candidate %s in %s",
+             method, len(data.train), len(data.eval) if data.eval is not None else 0, metrics["steps"],
+             metrics["first_loss"], metrics["last_loss"], run_id, version_id, out_dir)
+    return TrainResult(run_id, version_id, out_dir, base_model, data.snapshot_id, metrics)
+
+
+def _data(engine: Engine, method: str, out_dir: Path, data_dir: Path | None) -> TrainData:
+    """The given folder, or the method's dataset built from the store into OUT/data."""
+    if data_dir is None:
+        from ratingloop.build import BuildConfig, build_dataset
+
+        data_dir = out_dir / "data"
+        try:
+            build_dataset(engine, NEEDS[method][0], data_dir, BuildConfig())
+        except RatingloopError as e:
+            raise RatingloopError(f"train --method {method}: cannot build its dataset from the store: {e}"
+                                  f"{ALTERNATIVE.get(method, '')}") from e
+    data = load_train_data(Path(data_dir), method)
+    if data.snapshot_id is not None and not snapshot_exists(engine, data.snapshot_id):
+        log.warning("--data %s: its snapshot %s is not in this store; the run records no dataset snapshot",
+                    data_dir, data.snapshot_id)
+        data.snapshot_id = None
+    return data
+
+
+def _load_base(resolved: ResolvedModel) -> tuple[Any, Any]:
+    """The base in fp32 (LoRA weights train in fp32; `cfg.bf16` autocasts the matmuls) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolved.weights_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - any loader failure is reported with the folder
+        raise ModelLoadError(f"--base {path}: cannot load a causal LM and its tokenizer ({type(e).__name__}: {e}); "
+                             "give a Hugging Face model folder, or run `ratingloop model pull` for the default"
+                             ) from e
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(f"--base {path}: the tokenizer has no chat template, and the training rows are chat "
+                             "messages; give an instruct/chat model")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _metrics(trainer: Any, output: Any, data: TrainData) -> dict[str, Any]:
+    losses = [float(x["loss"]) for x in trainer.state.log_history if "loss" in x]
+    runtime = float(output.metrics.get("train_runtime", 0.0))
+    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    last: dict[str, Any] = next((x for x in reversed(trainer.state.log_history) if "loss" in x), {})
+    extra = {k: float(v) for k, v in last.items() if k.startswith(("rewards/", "kl"))}  # kto/dpo's own figures
+    for key in ("desirable_weight", "undesirable_weight", "beta"):
+        if hasattr(trainer.args, key):
+            extra[key] = float(getattr(trainer.args, key))
+    return extra | {"train_loss": float(output.training_loss), "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None, "steps": int(trainer.state.global_step),
+            "train_rows": len(data.train), "eval_rows": len(data.eval) if data.eval is not None else 0,
+            "tokens": tokens, "train_runtime_s": runtime, "tokens_per_s": tokens / runtime if runtime else None}
+
+
+def _pin_base(out_dir: Path, base_model: str) -> None:
+    """The adapter names its base by the folder we loaded, so `resolve_model(out_dir)` finds it again."""
+    path = out_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    if config.get("base_model_name_or_path") != base_model:
+        config["base_model_name_or_path"] = base_model
+        path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _write_run_json(out_dir: Path, run_id: str, method: str, cfg: TrainConfig, base_model: str, data: TrainData,
+                    metrics: dict[str, Any] | None, version_id: str | None = None) -> None:
+    """What reproduces this run: resolved config, seed, inputs, package versions, git revision."""
+    from importlib.metadata import version
+
+    from ratingloop.build.write import git_revision
+
+    doc = {"run_id": run_id, "version_id": version_id, "method": method, "config": cfg.as_dict(), "seed": cfg.seed,
+           "base_model": base_model, "dataset_snapshot_id": data.snapshot_id,
+           "data_content_hash": data.manifest.get("content_hash"), "ratingloop_version": ratingloop.__version__,
+           "git_revision": git_revision(), "python": platform.python_version(),
+           "packages": {p: version(p) for p in ("torch", "transformers", "trl", "peft", "datasets")},
+           "metrics": metrics}
+    (out_dir / "run.json").write_text(json.dumps(doc, indent=2) + "\n")

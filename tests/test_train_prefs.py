@@ -1,0 +1,146 @@
+"""Stage 5, train --method kto and --method dpo, on a tiny random Llama saved to disk as the base (tests/tiny.py).
+
+The example store (examples/support-chat.jsonl) is imported per test; `train` builds the method's set
+from it, trains a LoRA adapter for a few steps against the adapter-disabled base as reference, and
+registers the run and a candidate version. A store without preference pairs stops DPO before training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from ratingloop.build import BuildConfig, build_dataset
+from ratingloop.errors import RatingloopError
+from ratingloop.models import generate, load_for_generation
+from ratingloop.models.registry import list_runs, list_versions
+from ratingloop.store import open_engine
+from ratingloop.store.jsonl import import_lines
+from ratingloop.store.records import Limits
+from ratingloop.train import METHODS, TrainConfig, train
+from tiny import tiny_causal_lm, tiny_tokenizer
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "support-chat.jsonl"
+FAST = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=2e-2, max_steps=4, batch_size=4,
+                   max_length=128, logging_steps=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lines = [json.loads(x) for x in EXAMPLE.read_text().splitlines() if x.strip()]
+    texts = [m["content"] for x in lines for m in x["messages"]] + [x["response"] for x in lines]
+    texts += [r["value"] for x in lines for r in x["ratings"] if isinstance(r.get("value"), str)]
+    tok = tiny_tokenizer(texts)
+    path = tmp_path_factory.mktemp("tiny-base")
+    tiny_causal_lm(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def store(tmp_path: Path, lines: list[bytes]) -> Engine:
+    engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    report = import_lines(engine, lines, Limits())
+    assert not report.bad
+    return engine
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    return store(tmp_path, EXAMPLE.read_bytes().splitlines())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_methods_include_kto_and_dpo() -> None:
+    assert {"sft", "kto", "dpo"} <= set(METHODS)
+
+
+@pytest.mark.parametrize("method", ["kto", "dpo"])
+def test_trains_saves_and_registers_a_candidate(method: str, engine: Engine, tiny_base: Path,
+                                                tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    base_hash = sha256(tiny_base / "model.safetensors")
+    out = tmp_path / "run"
+    result = train(engine, method, out_dir=out, base=tiny_base, cfg=FAST, progress=False)
+
+    # a few steps, a finite loss, and the method's own figures recorded
+    m = result.metrics
+    assert m["steps"] == FAST.max_steps and math.isfinite(m["train_loss"])
+    assert math.isfinite(m["first_loss"]) and math.isfinite(m["last_loss"])
+    assert any(k.startswith("rewards/") for k in m), m
+    if method == "kto":  # the builder's class-balance weights, from the manifest
+        weights = json.loads((out / "data" / "manifest.json").read_text())["kto"]
+        assert (m["desirable_weight"], m["undesirable_weight"]) == (
+            pytest.approx(weights["desirable_weight"]), pytest.approx(weights["undesirable_weight"]))
+        assert weights["desirable_weight"] != weights["undesirable_weight"]  # the example store is unbalanced
+
+    # LoRA weights only, moved from their init (B starts at zero); the base folder is untouched
+    weights_ = load_file(str(out / "adapter_model.safetensors"))
+    assert weights_ and all("lora_" in k for k in weights_)
+    assert any(float(v.abs().sum()) > 0 for k, v in weights_.items() if "lora_B" in k)
+    assert sha256(tiny_base / "model.safetensors") == base_hash
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_base.resolve())
+
+    # it reloads as a model reference and generates
+    model, tok = load_for_generation(str(out), dtype="fp32", device="cpu")
+    answers = generate((model, tok), [{"id": 1, "messages": [{"role": "user", "content": "Refund?"}]}],
+                       max_tokens=4, progress=False)
+    assert [a["id"] for a in answers] == [1] and isinstance(answers[0]["response"], str)
+
+    # the registry: a succeeded run of this method and its candidate, both naming the dataset snapshot
+    [run] = list_runs(engine)
+    assert (run.id, run.method, run.status, run.error) == (result.run_id, method, "succeeded", None)
+    assert run.dataset_snapshot_id == result.dataset_snapshot_id is not None
+    [version] = list_versions(engine)
+    assert (version.id, version.status, version.training_run_id) == (result.version_id, "candidate", run.id)
+    assert version.dataset_snapshot_id == run.dataset_snapshot_id
+    assert version.adapter_path == str(out.resolve())
+
+    # run.json and log.jsonl
+    doc = json.loads((out / "run.json").read_text())
+    assert doc["method"] == method and doc["version_id"] == version.id
+    logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert sum("loss" in x for x in logged) >= FAST.max_steps
+
+
+def no_pairs_lines() -> list[bytes]:
+    """One answer per prompt and no corrections: nothing DPO can pair."""
+    seen, out = set(), []
+    for raw in EXAMPLE.read_bytes().splitlines():
+        if not raw.strip():
+            continue
+        x = json.loads(raw)
+        key = json.dumps(x["messages"])
+        if key in seen:
+            continue
+        seen.add(key)
+        x["ratings"] = [r for r in x["ratings"] if r.get("kind") != "correction"]
+        out.append(json.dumps(x).encode())
+    return out
+
+
+def test_dpo_without_pairs_stops_before_training(tiny_base: Path, tmp_path: Path) -> None:
+    engine = store(tmp_path, no_pairs_lines())
+    with pytest.raises(RatingloopError, match=r"--method dpo.*0 pairs.*two answers to one prompt") as e:
+        train(engine, "dpo", out_dir=tmp_path / "run", base=tiny_base, cfg=FAST, progress=False)
+    assert "corrections" in str(e.value) and "--method kto" in str(e.value)  # how to get pairs, or what else to run
+    [run] = list_runs(engine)
+    assert run.status == "failed" and run.error and "0 pairs" in run.error
+    assert list_versions(engine) == []
+    assert not (tmp_path / "run" / "adapter_config.json").exists()
+
+
+def test_dpo_data_dir_with_the_wrong_format_is_named(engine: Engine, tiny_base: Path, tmp_path: Path) -> None:
+    build_dataset(engine, "kto", tmp_path / "kto", BuildConfig())
+    with pytest.raises(RatingloopError, match=r"'kto' dataset, but --method dpo needs 'dpo'"):
+        train(engine, "dpo", out_dir=tmp_path / "run", data_dir=tmp_path / "kto", base=tiny_base, cfg=FAST,
+              progress=False)
+    assert list_versions(engine) == []
