@@ -6,7 +6,6 @@ trains a LoRA adapter for a few steps and registers the run and a candidate vers
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -19,13 +18,9 @@ from ratingloop.build import BuildConfig, build_dataset
 from ratingloop.errors import RatingloopError
 from ratingloop.models import ModelLoadError, generate, load_for_generation
 from ratingloop.models.registry import list_runs, list_versions
-from ratingloop.store import open_engine
-from ratingloop.store.jsonl import import_lines
-from ratingloop.store.records import Limits
 from ratingloop.train import TrainConfig, train
-from tiny import tiny_causal_lm, tiny_tokenizer
+from train_support import EXAMPLE, save_tiny_base, sha256, store
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "support-chat.jsonl"
 # a few quick steps at a rate a hidden-32 model notices; the defaults are for the real model
 FAST = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=2e-2, max_steps=6, batch_size=4,
                    max_length=128, logging_steps=1)
@@ -33,25 +28,12 @@ FAST = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=2e-2,
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    lines = [json.loads(x) for x in EXAMPLE.read_text().splitlines() if x.strip()]
-    texts = [m["content"] for x in lines for m in x["messages"]] + [x["response"] for x in lines]
-    tok = tiny_tokenizer(texts)
-    path = tmp_path_factory.mktemp("tiny-base")
-    tiny_causal_lm(tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    report = import_lines(engine, EXAMPLE.read_bytes().splitlines(), Limits())
-    assert not report.bad
-    return engine
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return store(tmp_path, EXAMPLE.read_bytes().splitlines())
 
 
 def test_sft_trains_saves_and_registers_a_candidate(engine: Engine, tiny_base: Path, tmp_path: Path) -> None:
