@@ -125,7 +125,7 @@ def test_existing_adapter_folder_is_not_overwritten(engine: Engine, tiny_base: P
     out: Any = tmp_path / "run"
     out.mkdir()
     (out / "adapter_config.json").write_text("{}")
-    with pytest.raises(RatingloopError, match="already holds an adapter"):
+    with pytest.raises(RatingloopError, match="already holds a model"):
         train(engine, "sft", out_dir=out, base=tiny_base, cfg=FAST, progress=False)
     assert list_runs(engine) == []
 

@@ -274,24 +274,37 @@ def generate(
 
 @app.command()
 def train(
-    out_dir: Annotated[Path, typer.Option("--out", help="folder for the LoRA adapter, run.json and log.jsonl")],
-    method: Annotated[str, typer.Option("--method", help="sft, kto or dpo (wsft, dro, reward, grpo: next)")] = "sft",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="folder for the adapter (or the whole model "
+                                                    "with train.lora=false), run.json, log.jsonl, checkpoints")] = None,
+    method: Annotated[str, typer.Option("--method", help="sft, wsft, kto, dro, dpo, reward or grpo")] = "sft",
     data: Annotated[Optional[Path], typer.Option("--data", help="a `ratingloop build` folder; default: "
                                                  "build the method's set from the store")] = None,
     base: Annotated[Optional[str], typer.Option("--base", help="default, a model folder or a cached hub id")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML file; its [train] table overrides defaults")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML; its train table overrides defaults")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="train.KEY=VALUE (repeatable)")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="a crashed run's id: continue it from its "
+                                                  "newest checkpoint (its own folder, config and data)")] = None,
     db: Db = None,
 ) -> None:
-    """Fine-tune a LoRA adapter from the ratings and register it as a candidate version."""
+    """Fine-tune the base on the ratings and register the result as a candidate version."""
     from ratingloop.pipeline_config import load_section
     from ratingloop.train import TrainConfig
+    from ratingloop.train import resume as resume_training
     from ratingloop.train import train as run_training
+    from ratingloop.train.config import METHOD_DEFAULTS
 
-    cfg = load_section(TrainConfig, "train", config, set_)
-    result = run_training(_engine(db), method, out_dir=out_dir, data_dir=data, base=base, cfg=cfg)
+    if resume is not None:
+        if out_dir or data or base or config or set_:
+            raise typer.BadParameter("--resume continues a run with its own folder, data, base and config; "
+                                     "give it alone", param_hint="--resume")
+        result = resume_training(_engine(db), resume)
+    else:
+        if out_dir is None:
+            raise typer.BadParameter("where the trained model goes: --out DIR", param_hint="--out")
+        cfg = load_section(TrainConfig, "train", config, set_, defaults=METHOD_DEFAULTS.get(method))
+        result = run_training(_engine(db), method, out_dir=out_dir, data_dir=data, base=base, cfg=cfg)
     loss = result.metrics.get("train_loss")
-    out.print(f"{method}: candidate {result.version_id} (run {result.run_id}) -> {out_dir}"
+    out.print(f"{result.method}: candidate {result.version_id} (run {result.run_id}) -> {result.out_dir}"
               + (f"; train loss {loss:.3f}" if isinstance(loss, (int, float)) else ""), highlight=False)
 
 

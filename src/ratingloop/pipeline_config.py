@@ -1,4 +1,4 @@
-"""Pipeline settings (thresholds, margins, LoRA rank) from a TOML file and `--set key=value` overrides.
+"""Pipeline settings (thresholds, margins, LoRA rank) from a TOML or YAML file and `--set key=value` overrides.
 
 Each stage keeps its settings in a frozen dataclass whose defaults are the only defaults; this module
 only overlays a file's table and dotted overrides on top, and names every bad key and its fix.
@@ -6,6 +6,8 @@ only overlays a file's table and dotted overrides on top, and names every bad ke
     [build]                 # ratingloop build --config ratingloop.toml --set build.z=1.5
     z = 1.5
     scrub_pii = true
+
+A file ending in .yaml or .yml is read as YAML, with the same tables as top-level mappings.
 """
 
 from __future__ import annotations
@@ -20,14 +22,12 @@ from ratingloop.errors import ConfigError
 T = TypeVar("T")
 
 
-def load_section(cls: type[T], section: str, file: Path | None = None, overrides: list[str] | None = None) -> T:
-    """`cls()` with the `[section]` table of `file` and `section.key=value` overrides applied."""
-    values: dict[str, Any] = {}
+def load_section(cls: type[T], section: str, file: Path | None = None, overrides: list[str] | None = None,
+                 defaults: dict[str, Any] | None = None) -> T:
+    """`cls()` with `defaults`, then the `[section]` table of `file`, then `section.key=value` overrides."""
+    values: dict[str, Any] = dict(defaults or {})
     if file is not None:
-        try:
-            data = tomllib.loads(Path(file).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"--config {file}: {e}") from None
+        data = _read(Path(file))
         table = data.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"--config {file}: [{section}] must be a table")
@@ -46,6 +46,24 @@ def load_section(cls: type[T], section: str, file: Path | None = None, overrides
     if problems:
         raise ConfigError("; ".join(problems))
     return cls(**values)
+
+
+def _read(file: Path) -> dict[str, Any]:
+    try:
+        text = file.read_text()
+        if file.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text)
+    except (OSError, ValueError) as e:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"--config {file}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - yaml.YAMLError, which the lazy import keeps out of reach here
+        raise ConfigError(f"--config {file}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {file}: the file must hold tables such as [train], not {type(data).__name__}")
+    return data
 
 
 def _parse(raw: str) -> Any:

@@ -117,6 +117,18 @@ def fail_run(engine: Engine, run_id: str, error: str, metrics: dict[str, Any] | 
         conn.execute(update(training_runs).where(training_runs.c.id == run_id).values(**values))
 
 
+def reopen_run(engine: Engine, run_id: str) -> None:
+    """Set a failed (or orphaned `running`) run back to running, for `train --resume`."""
+    with write_transaction(engine) as conn:
+        run = conn.execute(select(training_runs.c.status).where(training_runs.c.id == run_id)).first()
+        if run is None:
+            raise RatingloopError(f"training run {run_id!r} is not in the registry")
+        if run.status == "succeeded":
+            raise RatingloopError(f"training run {run_id} already succeeded; it cannot run again")
+        conn.execute(update(training_runs).where(training_runs.c.id == run_id).values(
+            status="running", finished_at=None, error=None))
+
+
 def snapshot_exists(engine: Engine, snapshot_id: str) -> bool:
     with engine.connect() as conn:
         query = select(dataset_snapshots.c.id).where(dataset_snapshots.c.id == snapshot_id)

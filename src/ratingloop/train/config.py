@@ -34,6 +34,19 @@ class TrainConfig:
     bf16: bool = False
     logging_steps: int = 5
     activation_checkpointing: bool = False  # trade compute for memory: for large models on a GPU
+    lora: bool = True  # false: full fine-tuning (every weight trains; the output folder is a whole model)
+    save_steps: int = 50  # a resumable checkpoint (weights, optimizer, RNG) every N steps; 0: none
+    save_total_limit: int = 2  # checkpoints kept; the newest is what --resume continues from
+    # --- method settings ------------------------------------------------------------------------------
+    beta: float = 0.1  # KL strength: kto/dpo's beta, dro's tau, grpo's KL anchor to the reference
+    reward_model: str = ""  # grpo: the reward model folder (`train --method reward --out DIR`)
+    num_generations: int = 4  # grpo: answers sampled per prompt, compared within the group
+    max_new_tokens: int = 64  # grpo: the longest sampled answer
+
+    @classmethod
+    def for_method(cls, method: str, **values: Any) -> TrainConfig:
+        """The method's defaults (METHOD_DEFAULTS) under `values`, which win."""
+        return cls(**(METHOD_DEFAULTS.get(method, {}) | values))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,7 +59,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ConfigError naming every bad key and its fix."""
         problems = []
-        for key in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "logging_steps"):
+        for key in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "logging_steps",
+                    "save_total_limit", "num_generations", "max_new_tokens"):
             if getattr(self, key) < 1:
                 problems.append(f"train.{key}={getattr(self, key)} must be >= 1")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -59,7 +73,24 @@ class TrainConfig:
             problems.append(f"train.epochs={self.epochs} must be > 0 (or set train.max_steps > 0)")
         if self.max_steps == 0 or self.max_steps < -1:
             problems.append(f"train.max_steps={self.max_steps} must be > 0, or -1 to train for `epochs`")
+        if self.save_steps < 0:
+            problems.append(f"train.save_steps={self.save_steps} must be >= 0 (0: no checkpoints)")
+        if self.beta < 0:
+            problems.append(f"train.beta={self.beta} must be >= 0")
         if not self.modules():
             problems.append('train.target_modules is empty; use "all-linear" or names such as "q_proj,v_proj"')
         if problems:
             raise ConfigError("train config: " + "; ".join(problems))
+
+
+# Per-method defaults for the default model with LoRA, over the dataclass's. Preference and RL losses move
+# the policy through log-ratios to a reference and want gentler rates than supervised ones.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sft": {},
+    "wsft": {"learning_rate": 1e-4},
+    "kto": {"learning_rate": 5e-5},
+    "dpo": {"learning_rate": 5e-5},
+    "dro": {"learning_rate": 5e-5},
+    "reward": {"learning_rate": 1e-4},
+    "grpo": {"learning_rate": 2e-5, "batch_size": 8, "logging_steps": 1},
+}

@@ -20,6 +20,10 @@ NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sft": ("sft", ("prompt", "completion")),
     "kto": ("kto", ("prompt", "completion", "label")),
     "dpo": ("dpo", ("prompt", "chosen", "rejected")),
+    "wsft": ("weighted", ("prompt", "completion", "weight")),
+    "dro": ("reward", ("prompt", "completion", "score")),
+    "reward": ("reward", ("prompt", "completion", "score")),
+    "grpo": ("reward", ("prompt",)),  # only the prompts: GRPO samples its own answers and scores them
 }
 # what an empty train split lacks, where "collect more ratings" is not the whole story
 MISSING: dict[str, str] = {
@@ -34,6 +38,7 @@ class TrainData:
     eval: Any | None  # None when the eval split is missing or empty
     snapshot_id: str | None  # from manifest.json; None for a folder not built by ratingloop
     manifest: dict[str, Any]
+    data_dir: Path
 
 
 def load_train_data(data_dir: Path, method: str) -> TrainData:
@@ -58,7 +63,7 @@ def load_train_data(data_dir: Path, method: str) -> TrainData:
         raise RatingloopError(f"--data {data_dir}: the train split is empty; {what}, then {fix}")
     eval_ = _split(data_dir, "eval", fix)
     return TrainData(train, eval_ if eval_ is not None and len(eval_) else None, manifest.get("snapshot_id"),
-                     manifest)
+                     manifest, data_dir)
 
 
 def _manifest(data_dir: Path) -> dict[str, Any]:

@@ -1,16 +1,19 @@
-"""Stage 5, train: `ratingloop train --method sft|kto|dpo`, the run around any recipe, top to bottom.
+"""Stage 5, train: `ratingloop train --method M`, the run around any recipe, top to bottom.
 
     result = train(engine, "kto", out_dir=Path("runs/kto-1"), cfg=TrainConfig(max_steps=50))
     generate(str(result.out_dir), prompts)  # the adapter loads like any model reference
 
 Reads the method's built dataset (`--data DIR`, or built from the store into OUT/data), the base model
 (`--base`: a model folder, a cached hub id, or the default model), asks the method's recipe
-(sft.py, kto.py, dpo.py) for its TRL trainer, trains, and writes to OUT:
+(RECIPES: one module per method) for its trainer, trains, and writes to OUT:
 
-    adapter_config.json, adapter_model.safetensors   the LoRA adapter (names its base's folder)
+    adapter_config.json, adapter_model.safetensors   the LoRA adapter (names its base's folder), or with
+                                                     train.lora=false the whole fine-tuned model
     tokenizer files                                  so the adapter generates with its own template
     run.json                                         resolved config, versions, git revision, seed, metrics
     log.jsonl                                        the trainer's log history, one line per logging step
+    checkpoints/checkpoint-N/                        every train.save_steps: weights, optimizer, RNG state;
+                                                     `train --resume RUN` continues from the newest
 
 and one `training_runs` row (running -> succeeded | failed with the reason) plus, on success, a
 `candidate` model version with its lineage. Bad input (an empty or wrong-format dataset, DPO without
@@ -24,25 +27,30 @@ import json
 import logging
 import platform
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 from sqlalchemy import Engine
 
 import ratingloop
 from ratingloop.errors import ConfigError, RatingloopError
 from ratingloop.models.load import ModelLoadError, ResolvedModel, resolve_model
-from ratingloop.models.registry import fail_run, finish_run, snapshot_exists, start_run, update_run
-from ratingloop.train import dpo, kto, sft
+from ratingloop.models.registry import fail_run, finish_run, get_run, reopen_run, snapshot_exists, start_run, update_run
 from ratingloop.train.config import TrainConfig
 from ratingloop.train.data import NEEDS, TrainData, load_train_data
 
 log = logging.getLogger(__name__)
 
-# method -> its recipe: a module whose make_trainer(model, tokenizer, data, cfg, out_dir, progress) returns
-# a ready TRL trainer with the LoRA config applied; the other methods arrive with their own recipes
-RECIPES: dict[str, ModuleType] = {"sft": sft, "kto": kto, "dpo": dpo}
+# method -> its recipe, a module in this package with
+#   make_trainer(model, tokenizer, data, cfg, out_dir, progress) -> a ready transformers/TRL Trainer, with
+#       `peft_config=lora_config(cfg)` (None under train.lora=false) and `trainer_args(...)`
+#   load_model(resolved, cfg) -> (model, tokenizer)   optional; default: the causal LM in fp32 (`load_base`)
+#   metrics(trainer) -> dict                          optional; the method's own figures for the registry
+# Recipes import lazily, so `ratingloop --help` does not pay for torch.
+RECIPES: dict[str, str] = {"sft": "sft", "wsft": "wsft", "kto": "kto", "dro": "dro", "dpo": "dpo",
+                           "reward": "reward", "grpo": "grpo"}
 METHODS = tuple(RECIPES)
 
 # what to try instead when the store cannot feed a method
@@ -51,6 +59,7 @@ ALTERNATIVE = {"dpo": "; or train --method kto or sft, which need no pairs"}
 
 @dataclass(frozen=True)
 class TrainResult:
+    method: str
     run_id: str
     version_id: str
     out_dir: Path  # the adapter folder: `ratingloop generate --model OUT` loads it
@@ -59,23 +68,64 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
+def recipe(method: str) -> ModuleType:
+    if method not in RECIPES:
+        raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    return import_module(f"ratingloop.train.{RECIPES[method]}")
+
+
 def train(engine: Engine, method: str = "sft", *, out_dir: Path, data_dir: Path | None = None,
           base: str | Path | None = None, cfg: TrainConfig | None = None, parent_version_id: str | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train `method` with LoRA on `base` and register the adapter as a candidate version."""
-    if method not in METHODS:
-        raise ConfigError(f"--method {method!r}: this build trains {', '.join(METHODS)}")
-    cfg = cfg or TrainConfig()
+          progress: bool = True, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train `method` on `base` (LoRA unless cfg.lora is false) and register the result as a candidate.
+
+    `callbacks` are transformers TrainerCallbacks added to the method's trainer (the loop's progress,
+    tests' fault injection).
+    """
+    recipe(method)
+    cfg = cfg or TrainConfig.for_method(method)
     cfg.validate()
     out_dir = Path(out_dir)
-    if (out_dir / "adapter_config.json").exists():
-        raise RatingloopError(f"--out {out_dir} already holds an adapter (a registered version may point at it); "
-                              "choose a new folder")
+    for name in ("adapter_config.json", "config.json"):
+        if (out_dir / name).exists():
+            raise RatingloopError(f"--out {out_dir} already holds a model ({name}; a registered version may point "
+                                  "at it); choose a new folder, or `train --resume RUN` to continue a crashed run")
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = start_run(engine, method=method, config=cfg.as_dict(), base_model=str(base or "default"),
                        parent_version_id=parent_version_id, log_path=out_dir / "log.jsonl")
+    return _guarded(engine, run_id, method, out_dir, data_dir, base, cfg, progress, callbacks, resume=False)
+
+
+def resume(engine: Engine, run_id: str, *, progress: bool = True, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Continue run `run_id` (failed, or left `running` by a killed process) from its newest checkpoint.
+
+    The run keeps its id, folder, config, data and base; the trainer restores weights, optimizer,
+    scheduler, RNG state and the data position, so the result matches an uninterrupted run.
+    """
+    run = get_run(engine, run_id)
+    if run.status == "succeeded":
+        raise RatingloopError(f"--resume {run_id}: the run already succeeded; its version is in "
+                              "`ratingloop versions list`")
+    if not run.log_path:
+        raise RatingloopError(f"--resume {run_id}: the run records no output folder; start a new run")
+    out_dir = Path(run.log_path).parent
+    if _latest_checkpoint(out_dir) is None:
+        raise RatingloopError(f"--resume {run_id}: {out_dir / 'checkpoints'} holds no checkpoint (the run stopped "
+                              f"before its first, every train.save_steps={run.config.get('save_steps')} steps); "
+                              "start the run again")
+    recorded = _read_run_json(out_dir)
+    cfg = TrainConfig(**run.config)
+    data_dir = Path(recorded["data_dir"]) if recorded.get("data_dir") else out_dir / "data"
+    reopen_run(engine, run_id)
+    return _guarded(engine, run_id, run.method, out_dir, data_dir, run.base_model, cfg, progress, callbacks,
+                    resume=True)
+
+
+def _guarded(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Path | None,
+             base: str | Path | None, cfg: TrainConfig, progress: bool, callbacks: Sequence[Any],
+             resume: bool) -> TrainResult:
     try:
-        return _train(engine, run_id, method, out_dir, data_dir, base, cfg, progress)
+        return _train(engine, run_id, method, out_dir, data_dir, base, cfg, progress, callbacks, resume)
     except BaseException as e:  # KeyboardInterrupt too: a run never stays "running" after we return
         fail_run(engine, run_id, f"{type(e).__name__}: {e}")
         log.error("train %s: run %s failed: %s", method, run_id, e)
@@ -83,26 +133,33 @@ def train(engine: Engine, method: str = "sft", *, out_dir: Path, data_dir: Path 
 
 
 def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Path | None,
-           base: str | Path | None, cfg: TrainConfig, progress: bool) -> TrainResult:
+           base: str | Path | None, cfg: TrainConfig, progress: bool, callbacks: Sequence[Any],
+           resume: bool) -> TrainResult:
+    rec = recipe(method)
     # --- inputs, all checked before the first step ------------------------------------------------
     data = _data(engine, method, out_dir, data_dir)
     resolved = resolve_model(base)
     if resolved.kind == "adapter":
         raise ModelLoadError(f"--base {base}: is a LoRA adapter; train on a full model (its base is "
                              f"{resolved.weights_path}), or merge the adapter into a model folder first")
-    model, tokenizer = _load_base(resolved)
+    model, tokenizer = rec.load_model(resolved, cfg) if hasattr(rec, "load_model") else load_base(resolved)
     base_model = str(resolved.weights_path)
     update_run(engine, run_id, base_model=base_model, dataset_snapshot_id=data.snapshot_id)
     _write_run_json(out_dir, run_id, method, cfg, base_model, data, metrics=None)
 
     # --- train -------------------------------------------------------------------------------------
-    trainer = RECIPES[method].make_trainer(model, tokenizer, data, cfg, out_dir, progress)
-    output = trainer.train()
+    trainer = rec.make_trainer(model, tokenizer, data, cfg, out_dir, progress)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    checkpoint = _latest_checkpoint(out_dir) if resume else None
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = _metrics(trainer, output, data)
+    if hasattr(rec, "metrics"):
+        metrics |= rec.metrics(trainer)
     if data.eval is not None:
         evaluated = trainer.evaluate()
-        if "eval_loss" in evaluated:
-            metrics["eval_loss"] = float(evaluated["eval_loss"])
+        metrics |= {k: float(v) for k, v in evaluated.items()
+                    if k.startswith("eval_") and isinstance(v, (int, float)) and k != "eval_runtime"}
 
     # --- save, then register: a version never points at a folder that was not written --------------
     trainer.model.save_pretrained(str(out_dir))
@@ -114,7 +171,7 @@ def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Pa
     log.info("train %s: %d train / %d eval rows, %d steps, loss %.4f -> %.4f; run %s -> candidate %s in %s",
              method, len(data.train), len(data.eval) if data.eval is not None else 0, metrics["steps"],
              metrics["first_loss"], metrics["last_loss"], run_id, version_id, out_dir)
-    return TrainResult(run_id, version_id, out_dir, base_model, data.snapshot_id, metrics)
+    return TrainResult(method, run_id, version_id, out_dir, base_model, data.snapshot_id, metrics)
 
 
 def _data(engine: Engine, method: str, out_dir: Path, data_dir: Path | None) -> TrainData:
@@ -136,7 +193,7 @@ def _data(engine: Engine, method: str, out_dir: Path, data_dir: Path | None) -> 
     return data
 
 
-def _load_base(resolved: ResolvedModel) -> tuple[Any, Any]:
+def load_base(resolved: ResolvedModel) -> tuple[Any, Any]:
     """The base in fp32 (LoRA weights train in fp32; `cfg.bf16` autocasts the matmuls) and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -172,9 +229,26 @@ def _metrics(trainer: Any, output: Any, data: TrainData) -> dict[str, Any]:
             "tokens": tokens, "train_runtime_s": runtime, "tokens_per_s": tokens / runtime if runtime else None}
 
 
+def _latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint (HF Trainer writes trainer_state.json last)."""
+    found = [p for p in (out_dir / "checkpoints").glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _read_run_json(out_dir: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads((out_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def _pin_base(out_dir: Path, base_model: str) -> None:
     """The adapter names its base by the folder we loaded, so `resolve_model(out_dir)` finds it again."""
     path = out_dir / "adapter_config.json"
+    if not path.is_file():  # a full fine-tune is a model folder of its own
+        return
     config = json.loads(path.read_text())
     if config.get("base_model_name_or_path") != base_model:
         config["base_model_name_or_path"] = base_model
@@ -189,7 +263,7 @@ def _write_run_json(out_dir: Path, run_id: str, method: str, cfg: TrainConfig, b
     from ratingloop.build.write import git_revision
 
     doc = {"run_id": run_id, "version_id": version_id, "method": method, "config": cfg.as_dict(), "seed": cfg.seed,
-           "base_model": base_model, "dataset_snapshot_id": data.snapshot_id,
+           "base_model": base_model, "data_dir": str(data.data_dir.resolve()), "dataset_snapshot_id": data.snapshot_id,
            "data_content_hash": data.manifest.get("content_hash"), "ratingloop_version": ratingloop.__version__,
            "git_revision": git_revision(), "python": platform.python_version(),
            "packages": {p: version(p) for p in ("torch", "transformers", "trl", "peft", "datasets")},
