@@ -39,6 +39,8 @@ class TrainConfig:
     save_total_limit: int = 2  # checkpoints kept; the newest is what --resume continues from
     # --- method settings ------------------------------------------------------------------------------
     beta: float = 0.1  # KL strength: kto/dpo's beta, dro's tau, grpo's KL anchor to the reference
+    reward_backbone: str = "base"  # reward: "base" (a scalar head + LoRA on the base) or "embed" (a head on
+    #                                  frozen all-MiniLM-L6-v2 sentence embeddings: seconds on a CPU, for sparse data)
     reward_model: str = ""  # grpo: the reward model folder (`train --method reward --out DIR`)
     num_generations: int = 4  # grpo: answers sampled per prompt, compared within the group
     max_new_tokens: int = 64  # grpo: the longest sampled answer
@@ -77,6 +79,8 @@ class TrainConfig:
             problems.append(f"train.save_steps={self.save_steps} must be >= 0 (0: no checkpoints)")
         if self.beta < 0:
             problems.append(f"train.beta={self.beta} must be >= 0")
+        if self.reward_backbone not in ("base", "embed"):
+            problems.append(f'train.reward_backbone={self.reward_backbone!r} must be "base" or "embed"')
         if not self.modules():
             problems.append('train.target_modules is empty; use "all-linear" or names such as "q_proj,v_proj"')
         if problems:
