@@ -40,6 +40,23 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
 
 
 @pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The real default model's converted folder, in the machine's model cache (~/.ratingloop/models).
+
+    Converted once per machine, as `ratingloop model pull` does; the slow end-to-end tests share it.
+    tests/test_models_default.py checks the pull and conversion themselves in a fresh folder.
+    """
+    from ratingloop.models.pull import ModelPullError, pull_default_model
+
+    try:
+        return Path(pull_default_model(Path.home() / ".ratingloop").path)
+    except ModelPullError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the default model cannot be pulled under CI: {e}")
+        pytest.skip(f"the default model cannot be pulled here: {e}")
+
+
+@pytest.fixture(scope="session")
 def pg_server() -> str:
     try:
         engine = create_engine(PG_URL)

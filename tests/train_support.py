@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -43,3 +44,32 @@ def store(tmp_path: Path, lines: list[bytes]) -> Engine:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# four support questions, each with an answer users liked and one they did not
+PAIRS = [
+    ("Where is my refund?", "Your refund was sent today; it reaches your card within five days.",
+     "Refunds are not my job. Ask someone else."),
+    ("How do I reset my password?", "Open Settings, choose Security, then Reset password and follow the email.",
+     "Just guess it. Try harder."),
+    ("My package has not arrived.", "Sorry about that; I have opened a trace with the carrier and will email you.",
+     "Packages get lost. Nothing to do."),
+    ("Can I change my delivery address?", "Yes: open the order, choose Edit address and save before it ships.",
+     "No. Whatever you typed is final."),
+]
+
+
+def pairs_folder(path: Path, column: str, good: float, bad: float) -> Path:
+    """A dataset folder (train split only) of PAIRS: every good answer carries `good`, every bad one `bad`."""
+    from datasets import Dataset
+
+    rows = [{"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}],
+             column: value} for q, yes, no in PAIRS for a, value in ((yes, good), (no, bad))]
+    Dataset.from_list(rows).save_to_disk(str(path / "train"))
+    return path
+
+
+def rows_of(folder: Path) -> list[dict[str, Any]]:
+    from datasets import load_from_disk
+
+    return list(load_from_disk(str(folder / "train")))

@@ -44,6 +44,10 @@ class TrainConfig:
     reward_model: str = ""  # grpo: the reward model folder (`train --method reward --out DIR`)
     num_generations: int = 4  # grpo: answers sampled per prompt, compared within the group
     max_new_tokens: int = 64  # grpo: the longest sampled answer
+    wsft_margin: float = 0.5  # wsft: nats per token; a bad answer's push-down fades once it sits this far below
+    #                          the base (to 54% of full strength at 1x, 10% at 3x; NPO's bound, see wsft.py)
+    value_learning_rate: float = 1e-3  # dro: the value head's rate (a linear head on frozen features learns
+    #                                    faster than the LoRA policy's rate allows)
 
     @classmethod
     def for_method(cls, method: str, **values: Any) -> TrainConfig:
@@ -79,6 +83,9 @@ class TrainConfig:
             problems.append(f"train.save_steps={self.save_steps} must be >= 0 (0: no checkpoints)")
         if self.beta < 0:
             problems.append(f"train.beta={self.beta} must be >= 0")
+        for key in ("wsft_margin", "value_learning_rate"):
+            if getattr(self, key) <= 0:
+                problems.append(f"train.{key}={getattr(self, key)} must be > 0")
         if self.reward_backbone not in ("base", "embed"):
             problems.append(f'train.reward_backbone={self.reward_backbone!r} must be "base" or "embed"')
         if not self.modules():
