@@ -303,6 +303,8 @@ def train(
             raise typer.BadParameter("where the trained model goes: --out DIR", param_hint="--out")
         cfg = load_section(TrainConfig, "train", config, set_, defaults=METHOD_DEFAULTS.get(method))
         result = run_training(_engine(db), method, out_dir=out_dir, data_dir=data, base=base, cfg=cfg)
+    if not result.version_id:
+        return  # a non-main process of `accelerate launch`; the main one reports
     loss = result.metrics.get("train_loss")
     out.print(f"{result.method}: candidate {result.version_id} (run {result.run_id}) -> {result.out_dir}"
               + (f"; train loss {loss:.3f}" if isinstance(loss, (int, float)) else ""), highlight=False)

@@ -36,6 +36,8 @@ def trainer_args(cfg: TrainConfig, out_dir: Path, progress: bool) -> dict[str, A
         # compute) to save memory a 135M model on CPU does not need
         activation_checkpointing=cfg.activation_checkpointing, include_num_input_tokens_seen=True,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # a CPU-only machine: without use_cpu, torchrun / accelerate launch would not set up CPU (gloo) DDP
+        use_cpu=not torch.cuda.is_available(),
     )
 
 

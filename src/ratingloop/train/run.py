@@ -23,8 +23,10 @@ missing and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import platform
 from dataclasses import dataclass
 from importlib import import_module
@@ -80,12 +82,17 @@ def train(engine: Engine, method: str = "sft", *, out_dir: Path, data_dir: Path 
     """Train `method` on `base` (LoRA unless cfg.lora is false) and register the result as a candidate.
 
     `callbacks` are transformers TrainerCallbacks added to the method's trainer (the loop's progress,
-    tests' fault injection).
+    tests' fault injection). Under `accelerate launch` every process trains its shard; only the main
+    process builds the dataset, writes the registry and saves, and the others return a result without
+    run or version ids.
     """
     recipe(method)
     cfg = cfg or TrainConfig.for_method(method)
     cfg.validate()
     out_dir = Path(out_dir)
+    if not _is_main_process():
+        return _train(engine, "", method, out_dir, data_dir or out_dir / "data", base, cfg, progress, callbacks,
+                      resume=False, main=False)
     for name in ("adapter_config.json", "config.json"):
         if (out_dir / name).exists():
             raise RatingloopError(f"--out {out_dir} already holds a model ({name}; a registered version may point "
@@ -116,6 +123,9 @@ def resume(engine: Engine, run_id: str, *, progress: bool = True, callbacks: Seq
     recorded = _read_run_json(out_dir)
     cfg = TrainConfig(**run.config)
     data_dir = Path(recorded["data_dir"]) if recorded.get("data_dir") else out_dir / "data"
+    if not _is_main_process():
+        return _train(engine, "", run.method, out_dir, data_dir, run.base_model, cfg, progress, callbacks,
+                      resume=True, main=False)
     reopen_run(engine, run_id)
     return _guarded(engine, run_id, run.method, out_dir, data_dir, run.base_model, cfg, progress, callbacks,
                     resume=True)
@@ -134,18 +144,20 @@ def _guarded(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: 
 
 def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Path | None,
            base: str | Path | None, cfg: TrainConfig, progress: bool, callbacks: Sequence[Any],
-           resume: bool) -> TrainResult:
+           resume: bool, main: bool = True) -> TrainResult:
     rec = recipe(method)
-    # --- inputs, all checked before the first step ------------------------------------------------
-    data = _data(engine, method, out_dir, data_dir)
+    # --- inputs, all checked before the first step; other processes wait for the main one's dataset -----
+    with _main_process_first():
+        data = _data(engine, method, out_dir, data_dir) if main else load_train_data(Path(data_dir or ""), method)
     resolved = resolve_model(base)
     if resolved.kind == "adapter":
         raise ModelLoadError(f"--base {base}: is a LoRA adapter; train on a full model (its base is "
                              f"{resolved.weights_path}), or merge the adapter into a model folder first")
     model, tokenizer = rec.load_model(resolved, cfg) if hasattr(rec, "load_model") else load_base(resolved)
     base_model = str(resolved.weights_path)
-    update_run(engine, run_id, base_model=base_model, dataset_snapshot_id=data.snapshot_id)
-    _write_run_json(out_dir, run_id, method, cfg, base_model, data, metrics=None)
+    if main:
+        update_run(engine, run_id, base_model=base_model, dataset_snapshot_id=data.snapshot_id)
+        _write_run_json(out_dir, run_id, method, cfg, base_model, data, metrics=None)
 
     # --- train -------------------------------------------------------------------------------------
     trainer = rec.make_trainer(model, tokenizer, data, cfg, out_dir, progress)
@@ -160,6 +172,8 @@ def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Pa
         evaluated = trainer.evaluate()
         metrics |= {k: float(v) for k, v in evaluated.items()
                     if k.startswith("eval_") and isinstance(v, (int, float)) and k != "eval_runtime"}
+    if not main:
+        return TrainResult(method, "", "", out_dir, base_model, data.snapshot_id, metrics)
 
     # --- save, then register: a version never points at a folder that was not written --------------
     trainer.model.save_pretrained(str(out_dir))
@@ -226,7 +240,24 @@ def _metrics(trainer: Any, output: Any, data: TrainData) -> dict[str, Any]:
     return extra | {"train_loss": float(output.training_loss), "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "steps": int(trainer.state.global_step),
             "train_rows": len(data.train), "eval_rows": len(data.eval) if data.eval is not None else 0,
-            "tokens": tokens, "train_runtime_s": runtime, "tokens_per_s": tokens / runtime if runtime else None}
+            "tokens": tokens, "processes": int(trainer.args.world_size), "train_runtime_s": runtime,
+            "tokens_per_s": tokens / runtime if runtime else None}
+
+
+def _is_main_process() -> bool:
+    """False in the non-zero ranks of `accelerate launch` / torchrun (which set RANK)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def _main_process_first() -> Any:
+    """accelerate's main-process-first barrier when distributed, else nothing."""
+    if "RANK" not in os.environ:
+        return contextlib.nullcontext()
+    import torch
+    from accelerate import PartialState
+
+    # without cpu=True accelerate does not set up a CPU process group (torchrun on a CPU-only machine)
+    return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
 
 
 def _latest_checkpoint(out_dir: Path) -> Path | None:
