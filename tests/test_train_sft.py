@@ -153,3 +153,9 @@ def test_cli_train_then_versions_list(tiny_base: Path, tmp_path: Path) -> None:
     bad = runner.invoke(app, ["train", "--method", "sft", "--out", str(tmp_path / "x"), "--db", db,
                               "--set", "train.lora_rank=4"])
     assert bad.exit_code != 0 and "train.lora_rank: unknown key" in str(bad.exception)
+    no_out = runner.invoke(app, ["train", "--method", "sft", "--db", db])
+    assert no_out.exit_code == 2 and "--out" in no_out.output
+    mixed = runner.invoke(app, ["train", "--resume", "01ABC", "--out", str(tmp_path / "y"), "--db", db])
+    assert mixed.exit_code == 2 and "give it alone" in mixed.output
+    unknown = runner.invoke(app, ["train", "--method", "ppo", "--out", str(tmp_path / "z"), "--db", db])
+    assert unknown.exit_code != 0 and "choose one of sft, wsft, kto, dro, dpo, reward, grpo" in str(unknown.exception)
