@@ -181,7 +181,9 @@ def stats(db: Db = None, json_: Json = False) -> None:
 
 @app.command()
 def signals(
-    out_file: Annotated[Path, typer.Option("--out", help="JSONL file: one reward per rated interaction")],
+    out_file: Annotated[Path, typer.Option("--out", help="JSONL file: one reward per interaction")],
+    content_prior: Annotated[str, typer.Option("--content-prior", help="auto (on for mostly single-rated "
+                                               "stores), on or off: judge answers by their content too")] = "auto",
     db: Db = None,
 ) -> None:
     """Fit the rater model and write one debiased reward per interaction (with its confidence)."""
@@ -189,17 +191,21 @@ def signals(
 
     import orjson
 
-    from ratingloop.signals.report import compute_signals
+    from ratingloop.signals.content import ContentConfig
+    from ratingloop.signals.report import SignalsConfig, compute_signals
 
+    if content_prior not in ("auto", "on", "off"):
+        raise typer.BadParameter("choose auto, on or off", param_hint="--content-prior")
     engine = _engine(db)
     with err.status("fitting the rater model ..."):
-        result = compute_signals(engine)
+        result = compute_signals(engine, SignalsConfig(content=ContentConfig(mode=content_prior)))
     with open(out_file, "wb") as f:
-        for row in result.interactions:
+        for row in [*result.interactions, *result.unrated]:  # unrated ones (n_ratings 0): the content prior's
             f.write(orjson.dumps(asdict(row)) + b"\n")
     flagged = sum(r.flagged for r in result.raters)
-    out.print(f"{len(result.interactions)} interactions -> {out_file}; {len(result.raters)} raters, {flagged} flagged "
-              "(see `ratingloop raters`)", highlight=False)
+    prior = "; content prior on" if result.content is not None else ""
+    out.print(f"{len(result.interactions)} rated + {len(result.unrated)} unrated interactions -> {out_file}; "
+              f"{len(result.raters)} raters, {flagged} flagged (see `ratingloop raters`){prior}", highlight=False)
 
 
 @app.command()

@@ -77,14 +77,12 @@ def load_pool(engine: Engine, signals: SignalsResult, cfg: BuildConfig) -> Pool:
 
 
 def reward_sds(signals: SignalsResult, cfg: BuildConfig) -> dict[str, float]:
-    """Per interaction, the reward's sd: prior sd (reward units) times (1 - confidence). The prior sd
-    is mu_a * sqrt(prior var of quality) from the fit, since reward = mu_a * quality + mu_b."""
-    fit = signals.fit
-    out = {}
-    for k, s in enumerate(signals.interactions):
-        prior_sd = cfg.reward_prior_sd or float(fit.mu_a * math.sqrt(fit.prior_var[k]))
-        out[s.interaction_id] = max(prior_sd * (1.0 - s.confidence), SD_FLOOR)
-    return out
+    """Per interaction, the reward's sd: the population sd of rewards (reward units) times (1 - confidence),
+    confidence being 1 - posterior sd / population sd of quality. The population sd is mu_a from the fit,
+    since reward = mu_a * quality + mu_b and quality is standardised (a content prior, where one was
+    used, is already inside the posterior)."""
+    prior_sd = cfg.reward_prior_sd or float(signals.fit.mu_a)
+    return {s.interaction_id: max(prior_sd * (1.0 - s.confidence), SD_FLOOR) for s in signals.interactions}
 
 
 def merge_duplicates(answers: list[Answer], log: FilterLog) -> list[Answer]:

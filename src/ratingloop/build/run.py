@@ -26,7 +26,8 @@ from ratingloop.build.rows import FilterLog, Row
 from ratingloop.build.split import dedupe_rows, split_rows
 from ratingloop.build.write import content_hash, git_revision, record_snapshot, write_manifest, write_splits
 from ratingloop.errors import RatingloopError
-from ratingloop.signals.report import SignalsResult, compute_signals
+from ratingloop.signals.content import ContentConfig
+from ratingloop.signals.report import SignalsConfig, SignalsResult, compute_signals
 from ratingloop.store.writes import new_id
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
     """Build the `fmt` training set from the store into `out_dir` and record its snapshot."""
     check_format(fmt)
     cfg.validate()
-    signals = signals if signals is not None else compute_signals(engine)
+    if signals is None:
+        signals = compute_signals(engine, SignalsConfig(content=ContentConfig(mode=cfg.content_prior)))
     pool = load_pool(engine, signals, cfg)
     filters = FilterLog(dict(pool.log.removed), dict(pool.log.why))
 
@@ -114,7 +116,8 @@ def _manifest(fmt: str, snapshot_id: str, created_at: datetime, pool: Pool, filt
         "prompts": {"train": len({r.prompt_key for r in train}), "eval": len({r.prompt_key for r in eval_})},
         "inputs": {"rated_interactions": pool.n_interactions, "answers": len(pool.answers),
                    "corrections": len(pool.corrections),
-                   "flagged_raters": sorted(r.rater_id for r in signals.raters if r.flagged)},
+                   "flagged_raters": sorted(r.rater_id for r in signals.raters if r.flagged),
+                   "content_prior": signals.content},
         "filters": filters.as_list(),
         "pii_scrubbed": pool.n_scrubbed if cfg.scrub_pii else None,
         "content_hash": content_hash(train, eval_),

@@ -52,8 +52,11 @@ def _log_rss(rss: np.ndarray, dof: np.ndarray, s0: float, nu: float = _NU) -> np
 
 
 def class_evidence(sc: Scales, mu_a: float, s2_0: float, n: np.ndarray, thumbs_only: np.ndarray, iters: int = 30,
-                   prior_counts: tuple[float, ...] = (10.0, 1.0, 1.0, 1.0)) -> ClassEvidence:
+                   prior_counts: tuple[float, ...] = (10.0, 1.0, 1.0, 1.0), min_log_sd: float = 0.1) -> ClassEvidence:
     """Class log-likelihoods per rater, then the class shares by EM.
+
+    `min_log_sd`: the honest raters' spread of log scale is never taken narrower than this (where
+    each scale is measured as loosely as they differ, the measured spread says little).
 
     `prior_counts` is a Dirichlet prior on the shares (10 : 1 : 1 : 1: most raters are honest until
     the data say otherwise); with hundreds of raters the data dominate it.
@@ -83,7 +86,8 @@ def class_evidence(sc: Scales, mu_a: float, s2_0: float, n: np.ndarray, thumbs_o
     m_pos, m_neg = np.zeros(len(x)), np.zeros(len(x))
     log_sd = 0.0
     for grp in (thumbs_only, ~thumbs_only):
-        centre, log_sd = _honest_log_normal(x[grp], v[grp], *_honest_log_normal(x, v))
+        centre, log_sd = _honest_log_normal(x[grp], v[grp], *_honest_log_normal(x, v, min_sd=min_log_sd),
+                                            min_sd=min_log_sd)
         dens = -0.5 * ((np.log(_GRID) - centre) / log_sd) ** 2 + log_w
         p = np.exp(dens - dens.max())
         p /= p.sum()  # the honest class's mass on each grid point of |a|
@@ -108,7 +112,8 @@ def class_evidence(sc: Scales, mu_a: float, s2_0: float, n: np.ndarray, thumbs_o
     return ClassEvidence(ll, _softmax(ll + np.log(np.maximum(share, 1e-300))), share, log_sd)
 
 
-def _honest_log_normal(x: np.ndarray, v: np.ndarray, centre0: float = 0.0, sd0: float = 0.5) -> tuple[float, float]:
+def _honest_log_normal(x: np.ndarray, v: np.ndarray, centre0: float = 0.0, sd0: float = 0.5, min_sd: float = 0.1
+                       ) -> tuple[float, float]:
     """Centre and spread of log a over raters whose scale is clearly positive, robustly (median,
     MAD), so inverters and random raters, which are not in that set or sit in its tails, do not widen
     it; the measurement variance (delta method, v / a^2) is taken out of the spread. Letting EM
@@ -120,7 +125,7 @@ def _honest_log_normal(x: np.ndarray, v: np.ndarray, centre0: float = 0.0, sd0: 
     la = np.log(x[sel])
     centre = float(np.median(la))
     mad = 1.4826 * float(np.median(np.abs(la - centre)))
-    return centre, float(np.sqrt(max(mad**2 - float(np.median(v[sel] / x[sel] ** 2)), 0.1**2)))
+    return centre, float(np.sqrt(max(mad**2 - float(np.median(v[sel] / x[sel] ** 2)), min_sd**2)))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -3,9 +3,10 @@
 Most production interactions are rated once, by the asker, so one rating cannot separate the
 answer's quality from that rater's offset. The rater model takes, per interaction, a prior mean
 and variance of the latent quality q (population-standardised: N(0, 1) means "nothing known").
-`FlatPrior` is that default. The reward model of the training stage implements `ContentPrior`
-(predicting q from prompt and response, with its own uncertainty); the rater effect is then
-what the content does not explain, and unrated interactions get a reward too.
+`FlatPrior` is that default. `signals.content.CrossFittedPrior` implements `ContentPrior` (predicting
+q from prompt and response, with its own uncertainty, each rater judged by a model fitted without
+them); the rater effect is then what the content does not explain, and unrated interactions get a
+reward too. Any other reward model can be passed to `compute_signals(engine, prior=...)`.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ class ModelConfig:
 class RaterFit:
     quality: np.ndarray  # (n_items,) posterior mean of q
     quality_var: np.ndarray  # (n_items,) posterior variance of q
-    prior_var: np.ndarray  # (n_items,) prior variance of q, for confidence
+    prior_var: np.ndarray  # (n_items,) prior variance of q (1 flat, < 1 where a content prior informs it)
     a: np.ndarray  # (n_raters,) scale
     b: np.ndarray  # (n_raters,) offset, reward units
     s2: np.ndarray  # (n_raters,) noise variance, reward units
@@ -90,8 +90,9 @@ class RaterFit:
         return np.clip(self.mu_a * self.quality + self.mu_b, -1.0, 1.0)
 
     def confidence(self) -> np.ndarray:
-        """1 - posterior sd / prior sd of q: 0 with no evidence, -> 1 as ratings agree."""
-        return np.clip(1.0 - np.sqrt(self.quality_var / self.prior_var), 0.0, 1.0)
+        """1 - posterior sd / population sd of q (1): 0 with no evidence, -> 1 as ratings agree. A content
+        prior's knowledge counts: an answer the content model is sure of is not a blank slate."""
+        return np.clip(1.0 - np.sqrt(self.quality_var), 0.0, 1.0)
 
     def reliability(self) -> np.ndarray:
         """Share of a rater's rating variance that is quality, a^2 / (a^2 + s2); 0 if inverted."""

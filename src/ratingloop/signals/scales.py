@@ -99,6 +99,53 @@ def rater_scales(obs: Observations, fit: RaterFit, topic: np.ndarray | None = No
                   n_t[rows, best].astype(float))
 
 
+def covariate_scales(obs: Observations, fit: RaterFit, base: Scales, nu: float = 4.0, min_n: int = 5
+                     ) -> tuple[Scales, float, float]:
+    """Each rater's slope of rating on E[q | everyone else] (m_cav, which on an interaction nobody else
+    rated is the content prior alone), by least squares with the rater's own residual spread (shrunk
+    to the pooled one with `nu` pseudo-ratings): the test used when a content prior informs q.
+
+    Why not `rater_scales`' a there: a rating given the prior is a q + b + noise with q ~ N(m0, v0); a
+    consistent thumbs rater's probit slope then approaches 1 / sqrt(v0) as a grows, the likelihood of a
+    flattens out and its t-approximation loses the (strong) evidence on the slope's sign. The slope of
+    the rating itself has no such ceiling. Weights are the population's 1 / (s2_0 + mu_a^2 v_cav) (no
+    rater's own a enters them). The noise evidence is the spread of each rater's stars around their own
+    line (what a random rater's uniform stars give away). Returned with the population's typical
+    spread (the median over raters with a few stars), which the honest class is measured against, and
+    its typical slope (the median |slope| over raters with `min_n`+ ratings: an inverter's is as large
+    as an honest rater's), the unit that "scale 1" means in a flag. Topic statistics are from `base`.
+    """
+    R, r = obs.n_raters, obs.rater
+    w = 1.0 / (fit.s2_0 + fit.mu_a**2 * fit.v_cav)
+    slope, sxx, rss = _line(r, R, w, fit.m_cav, obs.value)
+    dof = np.maximum(np.bincount(r, minlength=R) - 2.0, 0.0)
+    pooled = float(rss[dof > 0].sum() / dof[dof > 0].sum()) if (dof > 0).any() else 1.0
+    a_var = np.where(sxx > 1e-12, (nu * pooled + rss) / (nu + dof) / np.maximum(sxx, 1e-12), 1e6)
+    stars = ~obs.binary
+    _, _, stars_rss = _line(r, R, w * stars, fit.m_cav, obs.value, weighted_rss=False)
+    stars_dof = np.maximum(np.bincount(r, stars, R) - 2.0, 0.0)
+    few = stars_dof >= 3
+    typical = float(np.median(stars_rss[few] / stars_dof[few])) if few.sum() >= 5 else fit.s2_0
+    slope = np.where(sxx > 1e-12, slope, 0.0)
+    known = np.bincount(r, minlength=R) >= min_n
+    unit = float(np.median(np.abs(slope[known]))) if known.sum() >= 5 else fit.mu_a
+    return (Scales(slope, a_var, stars_rss, stars_dof, base.topic_log_bf, base.topic_best, base.topic_best_log_bf,
+                   base.topic_best_n), max(typical, 1e-3), max(unit, 1e-3))
+
+
+def _line(r: np.ndarray, R: int, w: np.ndarray, x: np.ndarray, y: np.ndarray, weighted_rss: bool = True
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per rater, the weighted least-squares line y ~ x: slope, weighted sum of squares of x about its
+    mean, and residual sum of squares (weighted, or plain over the ratings with weight > 0)."""
+    sw = np.maximum(np.bincount(r, w, R), 1e-12)
+    dx = x - (np.bincount(r, w * x, R) / sw)[r]
+    dy = y - (np.bincount(r, w * y, R) / sw)[r]
+    sxx = np.bincount(r, w * dx * dx, R)
+    slope = np.bincount(r, w * dx * dy, R) / np.maximum(sxx, 1e-12)
+    e2 = (dy - slope[r] * dx) ** 2
+    return slope, sxx, np.bincount(r, w * e2 if weighted_rss else (w > 0) * e2, R)
+
+
 def _score(key: np.ndarray, K: int, obs: Observations, fit: RaterFit, a: np.ndarray, b: np.ndarray, iters: int,
            a_prec: float, b_prec: float, b_mean: float, a0: float
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
