@@ -135,3 +135,30 @@ def test_bad_config_is_refused(engine: Any, tmp_path: Path) -> None:
     with pytest.raises(RatingloopError, match="--format 'ppo'"):
         build_dataset(engine, "ppo", tmp_path, BuildConfig())
 
+
+
+def test_judge_only_answers_count_less_and_never_train_a_reward_model(sqlite_url: str, tmp_path: Path) -> None:
+    from build_store import CASES
+
+    judge = {"rater_id": "judge:rm-1", "source": "judge", "kind": "scale", "value": 0.9, "scale": [-1, 1]}
+    judged = line("judged-1", "How do I export my data?", "Settings -> Privacy -> Export; a link arrives by email.",
+                  extra=[judge])
+    engine = store_with(sqlite_url, [*CASES, judged])
+    text = "Settings -> Privacy -> Export; a link arrives by email."
+
+    result = build_dataset(engine, "reward", tmp_path / "reward", BuildConfig())
+    assert text not in answers(rows_of(tmp_path / "reward")) and removed(result)["judged_only"] == 1
+
+    signals = compute_signals(engine)
+    full = {s.interaction_id: s.confidence for s in signals.interactions}["judged-1"]
+    build_dataset(engine, "weighted", tmp_path / "half", BuildConfig(min_confidence=0.0, weighted_min_abs=0.0),
+                  signals=signals)
+    weight = {r["completion"][0]["content"]: r["weight"] for r in rows_of(tmp_path / "half")}
+    reward = {s.interaction_id: s.reward for s in signals.interactions}["judged-1"]
+    assert weight[text] == pytest.approx(reward * full * 0.5, abs=1e-3)  # confidence times judge_weight
+
+    result = build_dataset(engine, "weighted", tmp_path / "none", BuildConfig(judge_weight=0.0, min_confidence=0.0,
+                                                                              weighted_min_abs=0.0), signals=signals)
+    assert text not in answers(rows_of(tmp_path / "none")) and removed(result)["judge_only"] == 1
+    with pytest.raises(Exception, match="judge_weight=2"):
+        BuildConfig(judge_weight=2).validate()

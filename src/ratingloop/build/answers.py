@@ -10,6 +10,9 @@ Reads `interactions` and `ratings` through SQLAlchemy Core and the `SignalsResul
   precision-weighted mean and its sd shrinks as 1/sqrt(sum of precisions), as for independent
   measurements of one quantity. Without this, a popular canned answer would count many times.
 - Only the latest rating per (interaction, rater, aspect, kind) counts, as in signals.
+- An answer only a reward model rated (source "judge", from `ratingloop label`) is `judged`: its
+  confidence is scaled by `judge_weight` (0 drops it) and its sd grows to match, so the builders'
+  thresholds treat a machine's guess as weaker evidence than a person's.
 """
 
 from __future__ import annotations
@@ -51,12 +54,21 @@ def load_pool(engine: Engine, signals: SignalsResult, cfg: BuildConfig) -> Pool:
 
     singles: list[Answer] = []
     corrections: list[tuple[str, str, str]] = []  # (interaction id, rating id, text)
-    no_ratings = empty = 0
+    no_ratings = empty = judge_only = 0
+    prior_sd = cfg.reward_prior_sd or float(signals.fit.mu_a)
     for s in signals.interactions:
         used = ratings.get(s.interaction_id, [])
         if s.n_ratings == 0 or not used:
             no_ratings += 1  # every rating came from a flagged rater: the reward is only the prior
             continue
+        judged = all(source == "judge" for _, _, _, source in used)
+        confidence, sd = s.confidence, sds[s.interaction_id]
+        if judged:
+            if cfg.judge_weight == 0:
+                judge_only += 1
+                continue
+            confidence *= cfg.judge_weight
+            sd = max(sd, prior_sd * (1.0 - confidence), SD_FLOOR)
         messages, response = convo[s.interaction_id]
         if not response.strip() or not messages:
             empty += 1
@@ -66,10 +78,11 @@ def load_pool(engine: Engine, signals: SignalsResult, cfg: BuildConfig) -> Pool:
             clean_prompt, clean_response = scrub_messages(prompt), scrub(response)
             pool.n_scrubbed += (clean_prompt != prompt) + (clean_response != response)
             prompt, response = clean_prompt, clean_response
-        singles.append(Answer(prompt, prompt_key(prompt), response, s.reward, sds[s.interaction_id], s.confidence,
-                              (s.interaction_id,), tuple(rid for rid, _, _ in used)))
-        corrections += [(s.interaction_id, rid, text) for rid, kind, text in used if kind == "correction" and text]
+        singles.append(Answer(prompt, prompt_key(prompt), response, s.reward, sd, confidence,
+                              (s.interaction_id,), tuple(rid for rid, _, _, _ in used), judged))
+        corrections += [(s.interaction_id, rid, text) for rid, kind, text, _ in used if kind == "correction" and text]
     pool.log.add("no_unflagged_ratings", no_ratings, "interactions were rated only by flagged raters")
+    pool.log.add("judge_only", judge_only, "interactions were rated only by a reward model (build.judge_weight=0)")
     pool.log.add("empty", empty, "interactions have an empty prompt or response")
     pool.answers = merge_duplicates(singles, pool.log) if cfg.dedupe else singles
     pool.corrections = _corrections(pool, corrections, cfg)
@@ -102,7 +115,7 @@ def merge_duplicates(answers: list[Answer], log: FilterLog) -> list[Answer]:
         merged.append(Answer(group[0].prompt, group[0].prompt_key, group[0].completion, reward, sd,
                              min(max(1.0 - sd / prior_sd, 0.0), 1.0),
                              tuple(i for a in group for i in a.interaction_ids),
-                             tuple(r for a in group for r in a.rating_ids)))
+                             tuple(r for a in group for r in a.rating_ids), all(a.judged for a in group)))
     log.add("duplicate_answers", len(answers) - len(merged),
             "duplicate (prompt, response) answers merged into one (precision-weighted reward)")
     return merged
@@ -131,20 +144,22 @@ def _interactions(conn: Connection, ids: list[str]) -> dict[str, tuple[list[Mess
     return out
 
 
-def _latest_ratings(conn: Connection, ids: list[str], flagged: set[str]) -> dict[str, list[tuple[str, str, str]]]:
-    """Per interaction: (rating id, kind, text) of the latest rating per (rater, aspect, kind), flagged
+def _latest_ratings(conn: Connection, ids: list[str],
+                    flagged: set[str]) -> dict[str, list[tuple[str, str, str, str]]]:
+    """Per interaction: (rating id, kind, text, source) of the latest rating per (rater, aspect, kind), flagged
     raters left out. Read in arrival order, so a later rating overwrites an earlier one."""
     r = t.ratings.c
-    latest: dict[tuple[str, str, str, str], tuple[str, str, str]] = {}
+    latest: dict[tuple[str, str, str, str], tuple[str, str, str, str]] = {}
     for k in range(0, len(ids), CHUNK):
-        query = (select(r.id, r.interaction_id, r.rater_id, r.kind, r.aspect, r.text)
+        query = (select(r.id, r.interaction_id, r.rater_id, r.kind, r.aspect, r.text, r.source)
                  .where(r.interaction_id.in_(ids[k:k + CHUNK])).order_by(r.created_at, r.id))
         for row in conn.execute(query):
             rater = row.rater_id if row.rater_id is not None else f"?{row.id}"
             if rater in flagged:
                 continue
-            latest[(row.interaction_id, rater, row.aspect, row.kind)] = (row.id, row.kind, row.text or "")
-    out: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+            latest[(row.interaction_id, rater, row.aspect, row.kind)] = (row.id, row.kind, row.text or "",
+                                                                         row.source or "")
+    out: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)
     for (iid, _, _, _), value in sorted(latest.items()):
         out[iid].append(value)
     return out

@@ -34,6 +34,9 @@ class BuildConfig:
     pair_min_gap: float = 0.1  # dpo: and at least this gap in reward units, however sure the fit is
     max_pairs_per_prompt: int = 16  # dpo: the best-supported pairs per prompt; keeps one prompt from dominating
     min_confidence: float = 0.2  # reward/weighted: rows whose reward is less sure than this are noise
+    # answers only a reward model rated (`ratingloop label`, source "judge") count with their confidence times
+    # this; 0 leaves them out. `reward` builds always leave them out: a reward model must not learn its own scores
+    judge_weight: float = 0.5
     weighted_min_abs: float = 0.05  # weighted: |weight| below this carries no signal; dropped
     use_corrections: bool = True  # a correction is an sft target, kto desirable, dpo chosen, weight 1
     correction_weight: float = 1.0  # weighted: the weight of a correction row
@@ -56,6 +59,8 @@ class BuildConfig:
         for key in ("sft_min_reward", "kto_neutral"):
             if not -1.0 <= getattr(self, key) <= 1.0:
                 problems.append(f"{key}={getattr(self, key)} must lie in [-1, 1], the reward's range")
+        if not 0.0 <= self.judge_weight <= 1.0:
+            problems.append(f"judge_weight={self.judge_weight} must lie in [0, 1]")
         if not 0.0 <= self.min_confidence <= 1.0:
             problems.append(f"min_confidence={self.min_confidence} must lie in [0, 1]")
         if not 0.0 <= self.eval_fraction < 1.0:

@@ -61,8 +61,11 @@ def kto_rows(pool: Pool, cfg: BuildConfig, log: FilterLog) -> list[Row]:
 
 
 def reward_rows(pool: Pool, cfg: BuildConfig, log: FilterLog) -> list[Row]:
-    sure = [a for a in pool.answers if a.confidence >= cfg.min_confidence]
-    log.add("low_confidence", len(pool.answers) - len(sure),
+    human = [a for a in pool.answers if not a.judged]
+    log.add("judged_only", len(pool.answers) - len(human),
+            "answers only a reward model rated: a reward model must not learn its own scores")
+    sure = [a for a in human if a.confidence >= cfg.min_confidence]
+    log.add("low_confidence", len(human) - len(sure),
             f"answers have confidence < min_confidence={cfg.min_confidence}")
     if pool.corrections:
         log.add("corrections_unscored", len(pool.corrections), "corrections have no score of their own (not used)")

@@ -32,6 +32,7 @@ class Answer:
     confidence: float  # in [0, 1]
     interaction_ids: tuple[str, ...]
     rating_ids: tuple[str, ...]
+    judged: bool = False  # rated only by a reward model (`ratingloop label`), no human
 
 
 @dataclass(frozen=True)
