@@ -106,7 +106,7 @@ def test_wsft_raises_good_answers_lowers_bad_ones_and_registers(engine: Engine, 
 def test_full_fine_tuning_pushes_against_a_frozen_copy(engine: Engine, tiny_base: Path, tmp_path: Path) -> None:
     """Built from the store, every weight trains; the reference is the base as it was (log-ratio 0 at step 1)."""
     out = tmp_path / "full"
-    cfg = replace(FAST, lora=False, learning_rate=1e-3, max_steps=2)
+    cfg = replace(FAST, lora=False, learning_rate=1e-3, max_steps=2, bf16=False)  # fp32: log-ratio 0 at step 1
     result = train(engine, "wsft", out_dir=out, base=tiny_base, cfg=cfg, progress=False)
     assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()
     logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]

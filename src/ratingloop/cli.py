@@ -316,6 +316,69 @@ def train(
               + (f"; train loss {loss:.3f}" if isinstance(loss, (int, float)) else ""), highlight=False)
 
 
+@app.command()
+def label(
+    model: Annotated[Optional[Path], typer.Option("--model", help="a `train --method reward` folder; default: the "
+                                                  "newest registered reward model")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="label at most N interactions, newest "
+                                                 "first")] = None,
+    min_confidence: Annotated[float, typer.Option("--min-confidence", min=0.0, max=1.0, help="store only scores "
+                                                  "this sure, 1 - sd / 0.577; the rest wait")] = 0.25,
+    db: Db = None,
+    json_: Json = False,
+) -> None:
+    """Score the interactions nobody has rated with a reward model; store the scores as judge ratings."""
+    from dataclasses import asdict
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    from ratingloop.train.label import label as run_label
+    from ratingloop.train.label import unrated_count
+
+    engine = _engine(db)
+    total = unrated_count(engine) if limit is None else min(limit, unrated_count(engine))
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("labelling", total=total)
+        report = run_label(engine, model, limit=limit, min_confidence=min_confidence,
+                           progress=lambda n: bar.advance(task, n))
+    if json_:
+        out.print_json(json.dumps(asdict(report)))
+        return
+    out.print(f"{report.scored} unrated interactions scored by {report.reward_model}: {report.written} judge ratings "
+              f"stored as {report.rater_id} ({report.existing} already stored, {report.skipped_unsure} below "
+              f"--min-confidence {min_confidence:g} left for a human)", highlight=False)
+
+
+@app.command()
+def ask(
+    n: Annotated[int, typer.Option("--n", min=1, help="how many interactions to list")] = 20,
+    model: Annotated[Optional[Path], typer.Option("--model", help="a `train --method reward` folder; default: the "
+                                                  "newest registered reward model")] = None,
+    boundary: Annotated[bool, typer.Option("--boundary", help="also prefer answers the model cannot call good or "
+                                           "bad (predicted reward near 0)")] = False,
+    pool: Annotated[int, typer.Option("--pool", min=1, help="consider the newest N interactions without a human "
+                                      "rating")] = 5000,
+    db: Db = None,
+    json_: Annotated[bool, typer.Option("--json", help="print JSON lines for a rating queue")] = False,
+) -> None:
+    """The interactions without a human rating whose rating would teach the reward model most."""
+    from dataclasses import asdict
+
+    from ratingloop.train.label import ask as rank
+
+    with err.status("scoring the interactions without a human rating ..."):
+        rows = rank(_engine(db), model, n=n, boundary=boundary, pool=pool)
+    if json_:
+        for row in rows:
+            typer.echo(json.dumps(asdict(row)))
+        return
+    table = Table("interaction", "prompt", "reward", "sd", "judged")
+    for r in rows:
+        table.add_row(r.interaction_id, r.prompt, f"{r.reward:+.2f}", f"{r.sd:.2f}", "yes" if r.judged else "")
+    out.print(table)
+
+
 @versions_app.command("list")
 def versions_list(db: Db = None, json_: Json = False) -> None:
     """Every model version, newest first: status, base, adapter, lineage."""

@@ -2,8 +2,10 @@
 
 It starts a real `ratingloop serve --backend none` on a fresh SQLite store in a temporary folder,
 logs an interaction and rates it the way a product's server and an end user's browser would, shows
-how bad input is refused, imports the example file and prints the store's stats. Later stages
-(signals, build, train, evaluate, loop) extend this walk-through as they land.
+how bad input is refused, imports the example file, prints the store's stats and the rater model,
+then trains: KTO on the default model from those rewards, a fast reward model beside it, and the
+base's and the trained model's answers to held-out questions side by side with their rewards.
+The evaluation gate and the loop that automates all this extend the walk-through as they land.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def run_demo(out: Console, err: Console, db: str | None = None) -> None:
         db = db or f"sqlite:///{tmp}/demo.db"
         with _server(db, tmp, err) as base:
             _walk_through(base, db, out)
+        _train_and_compare(db, Path(tmp), out, err)
 
 
 class _server:
@@ -130,13 +133,71 @@ def _walk_through(base: str, db: str, out: Console) -> None:
     for s in sorted(result.interactions, key=lambda s: -s.confidence)[:4]:
         rewards.add_row(s.interaction_id, f"{s.reward:+.2f}", f"{s.confidence:.2f}", str(s.n_ratings))
     out.print(rewards)
-    out.print("\n[bold]Next[/]: training sets from these rewards, fine-tuning and the evaluation gate arrive "
-              "in the next issues; this demo grows with them.")
+
+
+DEMO_STEPS = 8  # a taste, not a schedule: 8 KTO steps on ~40 answers, a minute or two on a laptop CPU
+HELD_OUT = 3
+
+
+def _train_and_compare(db: str, tmp: Path, out: Console, err: Console) -> None:
+    from datasets import load_from_disk
+
+    from ratingloop.models import generate, load_for_generation, pull_default_model
+    from ratingloop.models.generate import Prompt
+    from ratingloop.store import open_engine
+    from ratingloop.train import TrainConfig, train
+    from ratingloop.train.scoring import load_scorer
+
+    step = _Steps(out, start=9)
+    engine = open_engine(db)
+    step("The offline default model, SmolLM2-135M-Instruct (ratingloop model pull; converted once, then cached)")
+    base = pull_default_model(console=err).path
+    out.print(f"{base}")
+
+    step(f"Train KTO on it from the debiased rewards, {DEMO_STEPS} steps (ratingloop train --method kto)")
+    kto = train(engine, "kto", out_dir=tmp / "kto-1",
+                cfg=TrainConfig.for_method("kto", max_steps=DEMO_STEPS, logging_steps=2, save_steps=0))
+    m = kto.metrics
+    out.print(f"candidate {kto.version_id}: {m['train_rows']} answers, {m['steps']} steps, "
+              f"loss {m['first_loss']:.3f} -> {m['last_loss']:.3f}, {m['tokens_per_s']:.0f} tokens/s")
+
+    step("A reward model on the same rewards, on frozen sentence embeddings "
+         "(ratingloop train --method reward --set train.reward_backbone=embed)")
+    rm = train(engine, "reward", out_dir=tmp / "rm-1",
+               cfg=TrainConfig.for_method("reward", reward_backbone="embed"), progress=False)
+    out.print(f"reward model {rm.version_id}: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in rm.metrics.items() if k.startswith("eval_") and isinstance(v, float)))
+
+    step("Held-out questions (never trained on): the base's and the trained model's answers, "
+         "scored by the reward model")
+    eval_dir = kto.out_dir / "data" / "eval"
+    rows = list(load_from_disk(str(eval_dir))) if eval_dir.exists() else []
+    questions = list({r["prompt"][-1]["content"]: r["prompt"] for r in rows}.values())[:HELD_OUT]
+    prompts = [Prompt(id=i, messages=q) for i, q in enumerate(questions)]
+    answers = {name: [a["response"] for a in generate(load_for_generation(ref), prompts, max_tokens=80)]
+               for name, ref in (("base", str(base)), ("trained", str(kto.out_dir)))}
+    scorer = load_scorer(rm.out_dir)
+    table = Table("question", "base answer", "trained answer", show_lines=True)
+    rewards = {name: scorer.score(questions, texts)[0] for name, texts in answers.items()}
+    for i, q in enumerate(questions):
+        table.add_row(q[-1]["content"], f"{_clip(answers['base'][i])}\n[dim]reward {rewards['base'][i]:+.2f}[/]",
+                      f"{_clip(answers['trained'][i])}\n[dim]reward {rewards['trained'][i]:+.2f}[/]")
+    out.print(table)
+    out.print(f"\n[bold]Honestly[/]: {DEMO_STEPS} steps on {m['train_rows']} rated answers move a 135M model only a "
+              "little, and a reward model fitted on ~40 answers is a rough judge. What turns this into a loop - "
+              "the evaluation gate that promotes a candidate only when it beats the active version on held-out "
+              "ratings, and `ratingloop loop` that runs build -> train -> evaluate -> promote as ratings arrive - "
+              "comes in the next issues; this demo grows with them.")
+
+
+def _clip(text: str, n: int = 240) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 class _Steps:
-    def __init__(self, out: Console):
-        self.out, self.n = out, 0
+    def __init__(self, out: Console, start: int = 0):
+        self.out, self.n = out, start
 
     def __call__(self, title: str) -> None:
         self.n += 1

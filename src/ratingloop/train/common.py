@@ -1,9 +1,12 @@
-"""Stage 5, train: what every recipe's TRL trainer shares - its TrainingArguments and its LoRA config.
+"""Stage 5, train: what every recipe's TRL trainer shares - its TrainingArguments, its LoRA config, its base.
 
+    model, tokenizer = load_model(resolved, cfg)      # a recipe's `load_model`: bf16 frozen weights for LoRA
     args = KTOConfig(**trainer_args(cfg, out_dir, progress), desirable_weight=...)
-    trainer = quiet(KTOTrainer(model=model, args=args, ..., peft_config=lora_config(cfg)))
+    trainer = fast(quiet(KTOTrainer(model=model, args=args, ..., peft_config=lora_config(cfg))), cfg)
 
 Each recipe (sft.py, kto.py, dpo.py) adds only its method's own settings; run.py does the rest.
+The speed settings (`train.bf16`, `train.group_by_length`, `train.lora_dropout`, no activation
+checkpointing) were measured on the default model on a 2-core AMX CPU: bench/train.py, bench/results-train.md.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def trainer_args(cfg: TrainConfig, out_dir: Path, progress: bool) -> dict[str, A
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the steps
-        seed=cfg.seed, bf16=cfg.bf16, logging_steps=cfg.logging_steps, logging_first_step=True,
+        seed=cfg.seed, bf16=use_bf16(cfg), logging_steps=cfg.logging_steps, logging_first_step=True,
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
         save_total_limit=cfg.save_total_limit, eval_strategy="no", disable_tqdm=not progress, dataloader_num_workers=0,
         # TRL turns activation checkpointing on by default; it recomputes every layer's forward (~30% more
@@ -58,6 +61,74 @@ def lora_config(cfg: TrainConfig, task_type: str = "CAUSAL_LM") -> Any:
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.modules(), task_type=task_type)
+
+
+def use_bf16(cfg: TrainConfig) -> bool:
+    """`train.bf16` where bf16 matmuls are fast: a CUDA GPU that has them, or a CPU with AMX or AVX512-BF16
+    (elsewhere a CPU emulates bf16, slower than fp32)."""
+    import torch
+
+    if not cfg.bf16:
+        return False
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def load_model(resolved: Any, cfg: TrainConfig) -> tuple[Any, Any]:
+    """The base and its tokenizer (run.py's `load_base`), its frozen weights cast to bf16 for a LoRA run under
+    `train.bf16`: autocast would run their matmuls in bf16 anyway, and casting once here saves a cast per
+    layer per step and half the memory. The LoRA weights PEFT adds stay fp32, so small updates are not lost
+    to rounding; full fine-tuning (train.lora=false) keeps fp32 weights and autocasts."""
+    from ratingloop.train.run import load_base
+
+    model, tokenizer = load_base(resolved)
+    if cfg.lora and use_bf16(cfg):
+        import torch
+
+        model = model.to(torch.bfloat16)
+    return model, tokenizer
+
+
+def fast(trainer: Any, cfg: TrainConfig) -> Any:
+    """The trainer with the two CPU speed-ups TRL has no argument for; both leave the loss unchanged.
+
+    `train.group_by_length`: batches of similar length. Chat answers vary in length, so a random batch is
+    ~40% padding (measured on OASST answers), which a CPU computes like any token; each batch still comes
+    from a random draw of the data (transformers' LengthGroupedSampler, here fed lengths every TRL format has).
+    bf16 LoRA: PEFT casts each adapted layer's input to the adapter's fp32 and back; under autocast the
+    adapter's matmuls run in bf16 anyway, so the casts only copy activations (~25% of a CPU step).
+    """
+    if cfg.group_by_length:
+        group_by_length(trainer, cfg.batch_size * cfg.grad_accum)
+    if cfg.lora and use_bf16(cfg):
+        from peft.tuners.lora import LoraLayer
+
+        for module in trainer.model.modules():
+            if isinstance(module, LoraLayer):
+                module.cast_input_dtype_enabled = False
+    return trainer
+
+
+def group_by_length(trainer: Any, batch_size: int) -> None:
+    """Draw the trainer's batches from rows of similar length (tokenized: input_ids, or prompt + answer ids)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    data = trainer.train_dataset
+    if data is None or not hasattr(data, "column_names"):
+        return
+    columns = data.column_names
+    if "input_ids" in columns:
+        lengths = [len(x) for x in data["input_ids"]]
+    else:
+        answers = [c for c in ("completion_ids", "chosen_ids", "rejected_ids") if c in columns]
+        if "prompt_ids" not in columns or not answers:
+            return
+        longest = [max(map(len, xs)) for xs in zip(*(data[c] for c in answers), strict=True)]
+        lengths = [len(p) + a for p, a in zip(data["prompt_ids"], longest, strict=True)]
+    # the Trainer builds its train DataLoader's sampler with this; the permutation draws from torch's global RNG,
+    # seeded by the Trainer, so a resumed run replays the same batches
+    trainer._get_train_sampler = lambda train_dataset=None: LengthGroupedSampler(batch_size, lengths=lengths)
 
 
 def quiet(trainer: Any) -> Any:

@@ -18,7 +18,9 @@ class TrainConfig:
     # --- LoRA -------------------------------------------------------------------------------------
     lora_r: int = 16
     lora_alpha: int = 32  # the update is scaled by alpha / r
-    lora_dropout: float = 0.05
+    # PEFT's default; 0.05 drew a dropout mask over every adapted layer's input, ~15% of a CPU step
+    # (bench/results-train.md), for regularisation a one-epoch run hardly needs
+    lora_dropout: float = 0.0
     target_modules: str = "all-linear"  # PEFT's shorthand, or comma-separated names: "q_proj,v_proj"
     # --- optimisation ---------------------------------------------------------------------------------
     learning_rate: float = 2e-4  # a usual LoRA rate; full fine-tuning would want ~10x less
@@ -29,9 +31,10 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     max_length: int = 512  # tokens per example (prompt + answer); longer ones are truncated
     seed: int = 0
-    # fp32 until bench/train.py has measured bf16 training on this CPU (issue 4 item 7); bf16 matmuls ran
-    # ~5.7x faster here, so expect this default to flip once the loss is shown to match.
-    bf16: bool = False
+    # bf16 matmuls (autocast; with LoRA the frozen base is stored in bf16, the adapter in fp32) where the
+    # hardware has them (a CUDA GPU, a CPU with AMX or AVX512-BF16), fp32 elsewhere; see bench/results-train.md
+    bf16: bool = True
+    group_by_length: bool = True  # batches of similar-length rows: far less padding (common.fast)
     logging_steps: int = 5
     activation_checkpointing: bool = False  # trade compute for memory: for large models on a GPU
     lora: bool = True  # false: full fine-tuning (every weight trains; the output folder is a whole model)

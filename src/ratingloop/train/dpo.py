@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ratingloop.train.common import lora_config, quiet, trainer_args
+from ratingloop.train.common import fast, lora_config, quiet, trainer_args
+from ratingloop.train.common import load_model as load_model  # run.py loads the base with it
 from ratingloop.train.config import TrainConfig
 from ratingloop.train.data import TrainData
 
@@ -22,5 +23,6 @@ def make_trainer(model: Any, tokenizer: Any, data: TrainData, cfg: TrainConfig, 
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(**trainer_args(cfg, out_dir, progress))
-    return quiet(DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
-                            eval_dataset=data.eval, processing_class=tokenizer, peft_config=lora_config(cfg)))
+    return fast(quiet(DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
+                                 eval_dataset=data.eval, processing_class=tokenizer, peft_config=lora_config(cfg))),
+                cfg)

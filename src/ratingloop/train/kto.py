@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ratingloop.errors import RatingloopError
-from ratingloop.train.common import lora_config, quiet, trainer_args
+from ratingloop.train.common import fast, lora_config, quiet, trainer_args
+from ratingloop.train.common import load_model as load_model  # run.py loads the base with it
 from ratingloop.train.config import TrainConfig
 from ratingloop.train.data import TrainData
 
@@ -31,8 +32,9 @@ def make_trainer(model: Any, tokenizer: Any, data: TrainData, cfg: TrainConfig, 
              weights["n_undesirable"])
     args = KTOConfig(**trainer_args(cfg, out_dir, progress), desirable_weight=weights["desirable_weight"],
                      undesirable_weight=weights["undesirable_weight"])
-    return quiet(KTOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
-                            eval_dataset=data.eval, processing_class=tokenizer, peft_config=lora_config(cfg)))
+    return fast(quiet(KTOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
+                                 eval_dataset=data.eval, processing_class=tokenizer, peft_config=lora_config(cfg))),
+                cfg)
 
 
 def kto_weights(data: TrainData) -> dict[str, Any]:

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 #       `peft_config=lora_config(cfg)` (None under train.lora=false) and `trainer_args(...)`
 #   load_model(resolved, cfg) -> (model, tokenizer)   optional; default: the causal LM in fp32 (`load_base`)
 #   metrics(trainer) -> dict                          optional; the method's own figures for the registry
+#   prepare(engine, cfg) -> cfg                       optional; settings the store decides, before the run is recorded
 # Recipes import lazily, so `ratingloop --help` does not pay for torch.
 RECIPES: dict[str, str] = {"sft": "sft", "wsft": "wsft", "kto": "kto", "dro": "dro", "dpo": "dpo",
                            "reward": "reward", "grpo": "grpo"}
@@ -86,9 +87,11 @@ def train(engine: Engine, method: str = "sft", *, out_dir: Path, data_dir: Path 
     process builds the dataset, writes the registry and saves, and the others return a result without
     run or version ids.
     """
-    recipe(method)
+    rec = recipe(method)
     cfg = cfg or TrainConfig.for_method(method)
     cfg.validate()
+    if hasattr(rec, "prepare"):  # settings the store decides (grpo: the newest reward model), recorded with the run
+        cfg = rec.prepare(engine, cfg)
     out_dir = Path(out_dir)
     if not _is_main_process():
         return _train(engine, "", method, out_dir, data_dir or out_dir / "data", base, cfg, progress, callbacks,
@@ -240,7 +243,7 @@ def _metrics(trainer: Any, output: Any, data: TrainData) -> dict[str, Any]:
     return extra | {"train_loss": float(output.training_loss), "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "steps": int(trainer.state.global_step),
             "train_rows": len(data.train), "eval_rows": len(data.eval) if data.eval is not None else 0,
-            "tokens": tokens, "processes": int(trainer.args.world_size), "train_runtime_s": runtime,
+            "tokens": tokens, "processes": int(getattr(trainer.args, "world_size", 1)), "train_runtime_s": runtime,
             "tokens_per_s": tokens / runtime if runtime else None}
 
 
