@@ -17,8 +17,8 @@ Each run is a fresh process (so its peak RSS is its own) that trains the default
            defaults for the method), save_steps=0
     trl    the method's plain TRL trainer and config with TRL's defaults (bf16 autocast, activation checkpointing,
            random batches padded to the longest), except output_dir, max_steps, report_to, use_cpu (which TRL's
-           bf16 default requires on a CPU) and - so that the two final losses can be compared - learning_rate and
-           seed set to ours; the same LoRA shape (rank, alpha,
+           bf16 default requires on a CPU) and - so that the two final losses can be compared - learning_rate,
+           seed and (kto) the desirable/undesirable weights set to ours; the same LoRA shape (rank, alpha,
            target modules; PEFT's other defaults). wsft has no TRL trainer: its trl arm is SFTTrainer on the
            same rows. dro and reward have none: ours only.
 
@@ -233,9 +233,17 @@ def trl_trainer(spec: dict[str, Any], out_dir: Path) -> Any:
     kind = {"sft": "SFT", "wsft": "SFT", "kto": "KTO", "dpo": "DPO"}[method]
     if method == "wsft":
         train, eval_ = train.remove_columns("weight"), eval_.remove_columns("weight")
+    same = {}  # KTO's class weights scale its loss: ours, so that the two losses compare
+    if method == "kto":
+        from ratingloop.train.data import TrainData
+        from ratingloop.train.kto import kto_weights
+
+        weights = kto_weights(TrainData(train, eval_, None, {}, out_dir))
+        same = {k: weights[k] for k in ("desirable_weight", "undesirable_weight")}
     args = getattr(trl, f"{kind}Config")(output_dir=str(out_dir), max_steps=spec["warmup"] + spec["steps"],
                                          report_to="none", learning_rate=ours.learning_rate, seed=ours.seed,
-                                         use_cpu=not torch.cuda.is_available())  # TRL's bf16 default needs it
+                                         use_cpu=not torch.cuda.is_available(),  # TRL's bf16 default needs it
+                                         **same)
     lora = LoraConfig(r=ours.lora_r, lora_alpha=ours.lora_alpha, target_modules=ours.modules(), task_type="CAUSAL_LM")
     extra = {"ref_model": None} if kind in ("KTO", "DPO") else {}
     return getattr(trl, f"{kind}Trainer")(model=model, args=args, train_dataset=train, eval_dataset=eval_,
