@@ -225,11 +225,10 @@ def main() -> None:
              f"load average {load:.1f} at the start", ""]
     sets = {"hh": ("Anthropic HH harmless-base (test split)", hh_pairs),
             "pandalm": ("PandaLM test set (2-of-3 majority)", pandalm_pairs)}
+    print("\n".join(lines), flush=True)
     for key in args.sets.split(","):
-        lines += run_set(*sets[key.strip()], args)
-    lines.append(f"Whole benchmark: {time.perf_counter() - start:.0f} s; load average {os.getloadavg()[0]:.1f} "
-                 "at the end.")
-    print("\n".join(lines))
+        print("\n".join(run_set(*sets[key.strip()], args)), flush=True)  # each set as soon as it is done
+    print(f"Whole benchmark: {time.perf_counter() - start:.0f} s; load average {os.getloadavg()[0]:.1f} at the end.")
 
 
 def cpu_name() -> str:

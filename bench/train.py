@@ -165,11 +165,42 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     before = float(trainer.evaluate()["eval_loss"])  # the base (LoRA B is zero): shows the eval's own precision
     trainer.train()
     evaluated = trainer.evaluate()
+    rss = peak_rss_mib()
     (w0, c0, s0), (w1, c1, s1) = marks[spec["warmup"]], marks[-1]
     return {"wall_s": w1 - w0, "cpu_s": c1 - c0, "tokens": s1["tokens"] - s0["tokens"],
             "padded": s1["padded"] - s0["padded"], "sq": s1["sq"] - s0["sq"], "steps": len(marks) - 1 - spec["warmup"],
-            "eval_loss": float(evaluated["eval_loss"]), "eval_loss_before": before, "peak_rss_mib": peak_rss_mib(),
+            "eval_loss": float(evaluated["eval_loss"]), "eval_loss_before": before, "peak_rss_mib": rss,
+            "eval_loss_fp32": fp32_loss(spec["method"], trainer, out_dir),
             "lora_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
+
+
+def fp32_loss(method: str, trainer: Any, out_dir: Path) -> float | None:
+    """The trained adapter's eval loss by the same TRL loss with weights and compute in fp32 (sft, kto, dpo).
+
+    bf16 rounding moves a DPO margin by ~1 nat on these answers (both bf16 settings, against fp32), i.e. the
+    DPO/KTO eval loss by a few hundredths: more than a few steps move it, so losses compare in fp32."""
+    if method not in ("sft", "kto", "dpo"):
+        return None
+    import torch
+    import trl
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ratingloop.models.pull import default_model_dir
+
+    trainer.model.save_pretrained(str(out_dir / "adapter"))
+    base = AutoModelForCausalLM.from_pretrained(default_model_dir(), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(out_dir / "adapter"), is_trainable=True)
+    kind = method.upper()
+    same = {k: getattr(trainer.args, k) for k in ("desirable_weight", "undesirable_weight", "beta")
+            if hasattr(trainer.args, k)}
+    args = getattr(trl, f"{kind}Config")(output_dir=str(out_dir / "fp32"), report_to="none", bf16=False,
+                                         use_cpu=True, per_device_eval_batch_size=EVAL_ROWS, **same)
+    extra = {"ref_model": None} if kind in ("KTO", "DPO") else {}
+    data = trainer.eval_dataset
+    ev = getattr(trl, f"{kind}Trainer")(model=model, args=args, train_dataset=data, eval_dataset=data,
+                                        processing_class=trainer.processing_class, **extra)
+    return float(ev.evaluate()["eval_loss"])
 
 
 def count_tokens(inputs: dict[str, Any]) -> dict[str, float]:
@@ -295,12 +326,13 @@ def model_flops(method: str, r: dict[str, Any]) -> float:
     return fb * (2 * linear + 3 * attention + 6 * r["lora_params"] * r["tokens"]) + fwd * (linear + attention)
 
 
-def summary(method: str, runs: list[dict[str, Any]], peak: float) -> dict[str, float]:
+def summary(method: str, runs: list[dict[str, Any]], peak: float) -> dict[str, Any]:
     tps = [r["tokens"] / r["wall_s"] for r in runs]
     return {"tps": statistics.median(tps), "tps_cpu": statistics.median(r["tokens"] / r["cpu_s"] for r in runs),
             "rss": statistics.median(r["peak_rss_mib"] for r in runs),
             "loss": statistics.median(r["eval_loss"] for r in runs),
             "before": statistics.median(r["eval_loss_before"] for r in runs),
+            "fp32": statistics.median(r["eval_loss_fp32"] for r in runs) if runs[0]["eval_loss_fp32"] else None,
             "pad": statistics.median(1 - r["tokens"] / r["padded"] for r in runs),
             "mfu": statistics.median(model_flops(method, r) / r["wall_s"] / 1e9 / peak for r in runs),
             "spread": (max(tps) - min(tps)) / statistics.median(tps) if len(tps) > 1 else 0.0}
@@ -326,16 +358,18 @@ def compare(methods: list[str], arms: list[tuple[str, Any]], base: dict[str, Any
     return found
 
 
-def table(method: str, rows: dict[str, dict[str, float]]) -> list[str]:
+def table(method: str, rows: dict[str, dict[str, Any]]) -> list[str]:
     ref = rows.get("trl")
     out = [f"\n### {method}\n", "| arm | tokens/s | x TRL | tokens/CPU-s | x TRL | padding | peak RSS MiB "
-           "| eval loss: before -> after | MFU (bf16 peak) | tokens/s spread |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| eval loss: before -> after | after, fp32 eval | MFU (bf16 peak) | tokens/s spread |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in rows.items():
+        fp32 = f"{s['fp32']:.5f}" if s["fp32"] is not None else "-"
         ratio = f"{s['tps'] / ref['tps']:.2f}" if ref else "-"
         ratio_cpu = f"{s['tps_cpu'] / ref['tps_cpu']:.2f}" if ref else "-"
         out.append(f"| {name} | {s['tps']:.0f} | {ratio} | {s['tps_cpu']:.0f} | {ratio_cpu} | {s['pad']:.0%} | "
-                   f"{s['rss']:.0f} | {s['before']:.4f} -> {s['loss']:.4f} | {s['mfu']:.1%} | {s['spread']:.0%} |")
+                   f"{s['rss']:.0f} | {s['before']:.4f} -> {s['loss']:.4f} | {fp32} | {s['mfu']:.1%} | "
+                   f"{s['spread']:.0%} |")
     if ref is None and method in ("dro", "reward"):
         out.append(f"\n{method} has no plain TRL trainer: ours only.")
     return out
@@ -467,7 +501,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="measured optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="optimizer steps before the measured ones")
-    parser.add_argument("--max-tokens", type=int, default=384, help="longest prompt + reply kept, in tokens")
+    parser.add_argument("--max-tokens", type=int, default=256, help="longest prompt + reply kept, in tokens")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--arms", default="ours,trl", help="ours, trl, or both (ignored with --explore)")
     parser.add_argument("--quick", action="store_true", help="sft only, 1 repeat, 2 measured steps")
