@@ -64,8 +64,9 @@ class ContentConfig:
     min_ratings: int = 200  # auto: fewer overall ratings than this and the prior stays off
     min_raters: int = 10  # auto: and at least this many raters (each fold needs others to learn from)
     min_single_share: float = 0.5  # auto: on when at least this share of rated interactions has one rater
-    auto_max_interactions: int = 50_000  # auto: off above this many rated interactions unless asked for: each run
-    # embeds every stored interaction (~50 a second measured on 2 shared CPU cores, so 50k ~ 17 min)
+    auto_max_interactions: int = 50_000  # auto: off above this many rated interactions unless asked for: the first
+    # run embeds every stored interaction (~50 a second measured on 2 shared CPU cores, so 50k ~ 17 min); later
+    # runs read them from the embedding cache (models.embed) and encode only new ones
     rating_reliability: float = 0.5  # inter-rater correlation (= squared corr of a rating with quality) where
     # the store cannot tell (too few interactions rated twice); the simulator's is 0.41-0.47
     min_reliability_pairs: int = 200  # interactions rated by 2+ (training) raters needed to estimate it instead
@@ -137,17 +138,19 @@ def decide(loaded: LoadedRatings, cfg: ContentConfig) -> tuple[bool, str]:
     if single < cfg.min_single_share:
         return False, f"{single:.0%} of interactions rated once: the raters check each other"
     if raw.n_items > cfg.auto_max_interactions:
-        return False, (f"{single:.0%} of interactions rated once, but embedding {raw.n_items:,} of them on every "
-                       "run is slow (~50 a second on 2 CPU cores): set content.mode=on to use it anyway")
+        return False, (f"{single:.0%} of interactions rated once, but embedding {raw.n_items:,} of them on a "
+                       "run that has not cached them is slow (~50 a second on 2 CPU cores): set content.mode=on "
+                       "to use it anyway")
     return True, f"{single:.0%} of interactions rated once"
 
 
 def default_embedder(batch_size: int = 64) -> Embedder:
-    """The frozen sentence encoder of `ratingloop.models.embed` (loaded on first use)."""
-    from ratingloop.models.embed import embed_pairs, encoder
+    """The frozen sentence encoder of `ratingloop.models.embed` (loaded on first use), through the data
+    directory's embedding cache: a store is embedded once, later runs encode only new interactions."""
+    from ratingloop.models.embed import default_cache, embed_pairs, encoder
 
     def embed(prompts: Sequence[Any], answers: Sequence[str]) -> np.ndarray:
-        return embed_pairs(encoder(), prompts, answers, batch_size)
+        return embed_pairs(encoder(), prompts, answers, batch_size, cache=default_cache())
 
     return embed
 

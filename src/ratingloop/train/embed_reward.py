@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ratingloop.errors import RatingloopError
-from ratingloop.models.embed import embed_pairs, encoder
+from ratingloop.models.embed import default_cache, embed_pairs, encoder
 from ratingloop.train.reward import PAIRS, REGRESSION, Pairs, Scored
 from ratingloop.train.scoring import (
     Prompt,
@@ -194,9 +194,9 @@ class EmbedFit:
 
     def _embed(self, x: Scored | Pairs) -> tuple[np.ndarray, ...]:
         if isinstance(x, Scored):
-            return (embed_pairs(self.encoder, x.prompts, x.answers(), progress=self.progress),)
+            return (embed_pairs(self.encoder, x.prompts, x.answers(), progress=self.progress, cache=default_cache()),)
         both = embed_pairs(self.encoder, x.prompts + x.prompts, [m[-1]["content"] for m in x.chosen + x.rejected],
-                           progress=self.progress)
+                           progress=self.progress, cache=default_cache())
         return both[:len(x.prompts)], both[len(x.prompts):]
 
     def _fit(self) -> tuple[EmbedRewardModel, float, float]:
