@@ -169,3 +169,15 @@ def _runs(engine: Engine) -> list:  # type: ignore[type-arg]
     from ratingloop.models.registry import list_runs
 
     return list_runs(engine)
+
+
+def test_the_shipped_gpu_config_is_valid_for_every_method() -> None:
+    from ratingloop.train.run import METHODS
+
+    gpu = Path(__file__).resolve().parents[1] / "examples" / "train-gpu.yaml"
+    for method in METHODS:
+        cfg = load_section(TrainConfig, "train", gpu, defaults=METHOD_DEFAULTS.get(method))
+        cfg.validate()
+        assert (cfg.batch_size, cfg.max_length) == (32, 1024)
+        assert cfg.learning_rate == TrainConfig.for_method(method).learning_rate  # the method's own rate stays
+        assert cfg.batch_size % cfg.num_generations == 0  # grpo's groups fit a batch
