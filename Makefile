@@ -32,6 +32,9 @@ bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/signals.py
 	$(PY) bench/pandalm.py
+	$(PY) bench/content.py
+	$(PY) bench/reward.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -53,7 +53,8 @@ def concise_and_long(answer: str) -> tuple[str, str] | None:
 
 def concise_store_lines(n_train: int = 60, n_raters: int = 12, per_answer: int = 3,
                         seed: int = 0) -> tuple[list[bytes], list[dict[str, Any]]]:
-    """JSONL import lines for the first `n_train` usable questions, and the held-out rest as prompts."""
+    """JSONL import lines for the first `n_train` usable questions, and the held-out rest as prompts
+    (id, messages) with their unrated concise and long answers."""
     rng = np.random.default_rng(seed)
     leniency = rng.normal(0.0, 0.5, n_raters)
     noise = rng.uniform(0.2, 0.6, n_raters)
@@ -61,8 +62,8 @@ def concise_store_lines(n_train: int = 60, n_raters: int = 12, per_answer: int =
     lines, held_out = [], []
     for i, (question, (concise, long)) in enumerate(pairs):
         messages = [{"role": "user", "content": question}]
-        if i >= n_train:
-            held_out.append({"id": f"held-{i}", "messages": messages})
+        if i >= n_train:  # the answers too, for judging reward models; generate reads id and messages
+            held_out.append({"id": f"held-{i}", "messages": messages, "concise": concise, "long": long})
             continue
         for kind, text, liking in (("concise", concise, 1.5), ("long", long, -1.5)):
             raters = rng.choice(n_raters, size=per_answer, replace=False)

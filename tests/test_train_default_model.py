@@ -1,4 +1,5 @@
-"""Stage 5 end to end: users who prefer concise answers make the default model answer shorter.
+"""Stage 5 end to end on the real default model: every method trains from ratings in the store, and users
+who prefer concise answers make the model answer shorter.
 
 The store holds real OASST questions with a concise and a long answer each, rated with stars by
 simulated users who all like concise answers better (tests/concise.py). `train` without --data runs
@@ -18,6 +19,7 @@ fine-tuning steps moved its sampled length by under 5%).
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from ratingloop.store import open_engine
 from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
 from ratingloop.train import TrainConfig, train
+from ratingloop.train.pointwise import completion_logps
+from ratingloop.train.scoring import load_scorer
 
 ANSWER_TOKENS = 64
 SHORT_RUN: dict[str, dict[str, Any]] = {
@@ -81,3 +85,45 @@ def test_concise_raters_make_the_default_model_answer_shorter(
     assert statistics.mean(tokens) < 0.75 * statistics.mean(base_tokens), (tokens, base_tokens)
     assert shorter >= 0.7 * len(tokens), (tokens, base_tokens)
     assert empty <= 0.2 * len(tokens), tokens  # shorter answers, not silence
+
+
+@pytest.mark.slow
+def test_sft_dpo_reward_and_grpo_train_the_default_model_from_the_store(
+        default_model: Path, concise_store: tuple[Engine, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """The other methods on the same store and the real model, a few steps each: each registers a candidate,
+    and each moves the way the ratings point (the DPO margin, the reward model's held-out ranking)."""
+    engine, held_out = concise_store
+    short = {"batch_size": 4, "max_length": 160, "save_steps": 0, "logging_steps": 1}
+
+    def run(method: str, **values: Any) -> Any:
+        result = train(engine, method, out_dir=tmp_path / method, base=default_model,
+                       cfg=TrainConfig.for_method(method, **(short | values)), progress=False)
+        version = get_version(engine, result.version_id)
+        assert (version.status, get_run(engine, version.training_run_id).status) == ("candidate", "succeeded")
+        assert result.metrics["steps"] == values["max_steps"]
+        return result
+
+    sft = run("sft", max_steps=4, learning_rate=1e-3)
+    concise_rows = [{"prompt": p["messages"], "completion": [{"role": "assistant", "content": p["concise"]}]}
+                    for p in held_out]
+    before, after = (statistics.mean(completion_logps(*load_for_generation(str(m), dtype="fp32", device="cpu"),
+                                                      concise_rows))
+                     for m in (default_model, sft.out_dir))
+    print(f"sft: held-out concise answers' log-likelihood {before:.1f} -> {after:.1f}")
+    assert after > before  # trained on the liked (concise) answers, it finds unseen ones likelier
+
+    dpo = run("dpo", max_steps=4, learning_rate=7e-4)
+    assert dpo.metrics["eval_rewards/margins"] > 0  # held-out prompts: concise answers gained on long ones
+
+    reward = run("reward", max_steps=6, learning_rate=5e-4)
+    scorer = load_scorer(reward.out_dir)
+    prompts = [p["messages"] for p in held_out]
+    concise, _ = scorer.score(prompts, [p["concise"] for p in held_out])
+    long, _ = scorer.score(prompts, [p["long"] for p in held_out])
+    accuracy = float((concise > long).mean())
+    print(f"reward model on the default model, held-out pairs: concise ranked first {accuracy:.2f}")
+    assert accuracy >= 0.7, (concise, long)
+
+    grpo = run("grpo", max_steps=2, num_generations=2, max_new_tokens=32)  # against the newest reward model
+    assert json.loads((grpo.out_dir / "run.json").read_text())["config"]["reward_model"] == str(reward.out_dir)
+    assert -1.0 <= grpo.metrics["last_reward"] <= 1.0
