@@ -23,6 +23,8 @@ from sqlalchemy import create_engine, text
 from ratingloop.config import Settings
 from ratingloop.store.db import dispose_engines
 
+pytest_plugins = ["train_support"]  # the training tests' tiny base and example store
+
 PG_URL = os.environ.get("RATINGLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 ADMIN_KEY = "test-admin-key"
 

@@ -27,21 +27,12 @@ from ratingloop.train import TrainConfig, train
 from ratingloop.train.data import TrainData
 from ratingloop.train.grpo import RewardModelReward, grpo_trainer, prepare
 from tiny import tiny_causal_lm, tiny_tokenizer
-from train_support import EXAMPLE, PAIRS, save_tiny_base, sha256, store
+from train_support import PAIRS, sha256
 
 FAST = TrainConfig.for_method("grpo", lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=2e-2, max_steps=2,
                               batch_size=8, num_generations=4, max_new_tokens=8, max_length=256, save_steps=0,
                               bf16=False)  # fp32: the measured learning curve below does not depend on the CPU
 
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return store(tmp_path, EXAMPLE.read_bytes().splitlines())
 
 
 def test_grpo_trains_against_the_newest_reward_model_and_registers_a_candidate(engine: Engine, tiny_base: Path,

@@ -19,20 +19,11 @@ from ratingloop.errors import RatingloopError
 from ratingloop.models import generate, load_for_generation
 from ratingloop.models.registry import list_runs, list_versions
 from ratingloop.train import METHODS, TrainConfig, train
-from train_support import EXAMPLE, save_tiny_base, sha256, store
+from train_support import EXAMPLE, sha256, store
 
 FAST = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=2e-2, max_steps=4, batch_size=4,
                    max_length=128, logging_steps=1)
 
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return store(tmp_path, EXAMPLE.read_bytes().splitlines())
 
 
 def test_methods_include_kto_and_dpo() -> None:

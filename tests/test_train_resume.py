@@ -27,7 +27,6 @@ from ratingloop.models.registry import get_run, list_versions
 from ratingloop.pipeline_config import load_section
 from ratingloop.train import TrainConfig, resume, train
 from ratingloop.train.config import METHOD_DEFAULTS
-from train_support import EXAMPLE, save_tiny_base, store
 
 CFG = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=2e-2, max_steps=6, batch_size=2,
                   max_length=128, logging_steps=1, save_steps=2)
@@ -50,15 +49,6 @@ CHILD = textwrap.dedent("""
           cfg=TrainConfig(**eval(cfg)), progress=False, callbacks=[KillAfterSave()])
 """)
 
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return store(tmp_path, EXAMPLE.read_bytes().splitlines())
 
 
 @pytest.fixture

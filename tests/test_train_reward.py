@@ -27,7 +27,7 @@ from ratingloop.models.registry import get_run, list_runs, list_versions
 from ratingloop.train import TrainConfig, resume, train
 from ratingloop.train.scoring import CARD, load_scorer, pair_accuracy, regression_figures, thurstone_sd
 from tiny import tiny_causal_lm, tiny_tokenizer
-from train_support import EXAMPLE, save_tiny_base, sha256, store
+from train_support import sha256
 
 # a rate and a step count at which the tiny model reliably learns the synthetic task (16 steps at 2e-2
 # learn the pairs but leave the regression noisy); the defaults are for the real model
@@ -92,15 +92,6 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tok.save_pretrained(root / "base")
     return {"scored": scored, "pairs": pairs, "base": root / "base"}
 
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return store(tmp_path, EXAMPLE.read_bytes().splitlines())
 
 
 def held_out(rows: list[dict[str, Any]], key: str = "completion") -> tuple[list[Any], list[str]]:

@@ -23,19 +23,10 @@ from ratingloop.models.registry import list_runs, list_versions
 from ratingloop.train import TrainConfig, train
 from ratingloop.train.pointwise import completion_logps
 from ratingloop.train.wsft import wsft_loss
-from train_support import EXAMPLE, pairs_folder, rows_of, save_tiny_base, store
+from train_support import pairs_folder, rows_of
 
 FAST = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=2e-2, max_steps=6, batch_size=4,
                    max_length=96, logging_steps=1, save_steps=0)
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return store(tmp_path, EXAMPLE.read_bytes().splitlines())
 
 
 # --- the loss, on numbers -------------------------------------------------------------------------------

@@ -1,9 +1,8 @@
 """Shared by the training tests: the example store and a tiny base model whose tokenizer knows its texts.
 
-Plain helpers, so each test module's fixtures stay two lines and in sight:
-
-    @pytest.fixture(scope="module")
-    def tiny_base(tmp_path_factory): return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
+A pytest plugin (tests/conftest.py lists it), so its fixtures serve every test module: `tiny_base` (one
+per module) and `engine` (the example store, fresh per test). A module that defines its own `engine`
+(a store of other data) overrides it there.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine
 
 from ratingloop.store import open_engine
@@ -40,6 +40,16 @@ def store(tmp_path: Path, lines: list[bytes]) -> Engine:
     report = import_lines(engine, lines, Limits())
     assert not report.bad
     return engine
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    return store(tmp_path, EXAMPLE.read_bytes().splitlines())
 
 
 def sha256(path: Path) -> str:
