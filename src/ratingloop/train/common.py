@@ -63,6 +63,18 @@ def lora_config(cfg: TrainConfig, task_type: str = "CAUSAL_LM") -> Any:
                       target_modules=cfg.modules(), task_type=task_type)
 
 
+def chat_tokenizer(tokenizer: Any, path: Path, reads: str) -> Any:
+    """`tokenizer`, checked to have a chat template (what `reads` needs) and padding with eos if it had no pad."""
+    from ratingloop.models.load import ModelLoadError
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(f"--base {path}: the tokenizer has no chat template, and {reads} chat messages; give an "
+                             "instruct/chat model")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def use_bf16(cfg: TrainConfig) -> bool:
     """`train.bf16` where bf16 matmuls are fast: a CUDA GPU that has them, or a CPU with AMX or AVX512-BF16
     (elsewhere a CPU emulates bf16, slower than fp32)."""

@@ -35,7 +35,7 @@ import numpy as np
 
 from ratingloop.errors import RatingloopError
 from ratingloop.models.load import ModelLoadError, ResolvedModel
-from ratingloop.train.common import lora_config, quiet, trainer_args
+from ratingloop.train.common import chat_tokenizer, lora_config, quiet, trainer_args
 from ratingloop.train.config import TrainConfig
 from ratingloop.train.data import TrainData
 from ratingloop.train.scoring import (
@@ -141,12 +141,7 @@ def load_model(resolved: ResolvedModel | None, cfg: TrainConfig) -> tuple[Any, A
         raise ModelLoadError(f"--base {path}: cannot load it under a sequence-classification head "
                              f"({type(e).__name__}: {e}); give a Hugging Face model folder, or run "
                              "`ratingloop model pull` for the default") from e
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelLoadError(f"--base {path}: the tokenizer has no chat template, and the reward model reads chat "
-                             "messages; give an instruct/chat model")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, chat_tokenizer(tokenizer, path, "the reward model reads")
 
 
 @dataclass

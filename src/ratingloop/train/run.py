@@ -215,6 +215,8 @@ def load_base(resolved: ResolvedModel) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ratingloop.train.common import chat_tokenizer
+
     path = resolved.weights_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -223,12 +225,7 @@ def load_base(resolved: ResolvedModel) -> tuple[Any, Any]:
         raise ModelLoadError(f"--base {path}: cannot load a causal LM and its tokenizer ({type(e).__name__}: {e}); "
                              "give a Hugging Face model folder, or run `ratingloop model pull` for the default"
                              ) from e
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelLoadError(f"--base {path}: the tokenizer has no chat template, and the training rows are chat "
-                             "messages; give an instruct/chat model")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, chat_tokenizer(tokenizer, path, "the training rows are")
 
 
 def _metrics(trainer: Any, output: Any, data: TrainData) -> dict[str, Any]:
