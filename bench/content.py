@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 from scipy.stats import spearmanr
 
-from ratingloop.build import BuildConfig, build_dataset
+from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.models.embed import embed_pairs, encoder, prompt_text
 from ratingloop.signals.content import ContentConfig, decide, project
 from ratingloop.signals.load import load_ratings

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from build_store import line, store_with
-from ratingloop.build import BuildConfig, build_dataset
-from ratingloop.build.scrub import scrub
-from ratingloop.build.split import prompt_bucket
+from ratingloop.dataset import BuildConfig, build_dataset
+from ratingloop.dataset.scrub import scrub
+from ratingloop.dataset.split import prompt_bucket
 from ratingloop.store.tables import DatasetSnapshot
 
 

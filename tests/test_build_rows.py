@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from build_store import line, store_with
-from ratingloop.build import BuildConfig, build_dataset
+from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.errors import RatingloopError
 from ratingloop.signals.report import compute_signals
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ratingloop.build import FORMATS, BuildConfig, build_dataset
+from ratingloop.dataset import FORMATS, BuildConfig, build_dataset
 from ratingloop.store import open_engine
 from ratingloop.store.db import dispose_engines
 from ratingloop.store.jsonl import import_lines

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ratingloop.build import BuildConfig
+from ratingloop.dataset import BuildConfig
 from ratingloop.cli import app
 from ratingloop.errors import ConfigError
 from ratingloop.pipeline_config import load_section

@@ -19,7 +19,7 @@ import pytest
 from scipy.stats import spearmanr
 from sqlalchemy import func, select
 
-from ratingloop.build import BuildConfig, build_dataset
+from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.errors import ConfigError
 from ratingloop.models.embed import prompt_text
 from ratingloop.signals.content import ContentConfig, ContentData, cross_fitted_prior, decide, project, rater_folds

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from ratingloop.build import BuildConfig, build_dataset
+from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.errors import RatingloopError
 from ratingloop.models import generate, load_for_generation
 from ratingloop.models.registry import list_runs, list_versions

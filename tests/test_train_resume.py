@@ -20,7 +20,7 @@ import torch
 from sqlalchemy import Engine
 from transformers import TrainerCallback
 
-from ratingloop.build import BuildConfig, build_dataset
+from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.errors import ConfigError, RatingloopError
 from ratingloop.models import generate, load_for_generation
 from ratingloop.models.registry import get_run, list_versions

@@ -21,7 +21,7 @@ import torch
 from sqlalchemy import Engine
 from transformers import TrainerCallback
 
-from ratingloop.build import BuildConfig, build_dataset
+from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.errors import RatingloopError
 from ratingloop.models.registry import get_run, list_runs, list_versions
 from ratingloop.train import TrainConfig, resume, train

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from ratingloop.build import BuildConfig, build_dataset
+from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.errors import RatingloopError
 from ratingloop.models import ModelLoadError, generate, load_for_generation
 from ratingloop.models.registry import list_runs, list_versions

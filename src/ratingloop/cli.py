@@ -237,7 +237,7 @@ def build(
     db: Db = None,
 ) -> None:
     """Build a training set in TRL's format from the debiased rewards, with a manifest and a snapshot."""
-    from ratingloop.build import BuildConfig, build_dataset
+    from ratingloop.dataset import BuildConfig, build_dataset
     from ratingloop.pipeline_config import load_section
 
     cfg = load_section(BuildConfig, "build", config, set_)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -126,6 +126,7 @@ class DatasetSnapshot(Base):
     n_rows: Mapped[int] = mapped_column(Integer)
     config: Mapped[dict[str, Any]] = mapped_column(Json)
     manifest: Mapped[dict[str, Any]] = mapped_column(Json)
+    signals_run_id: Mapped[str | None] = mapped_column(ForeignKey("signals_runs.id"))  # the rewards it was built from
 
 
 class TrainingRun(Base):
@@ -145,12 +146,17 @@ class TrainingRun(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(Json)
     log_path: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    round_id: Mapped[str | None] = mapped_column(String(64), index=True)  # the loop round that started it, if any
 
 
 class ModelVersion(Base):
-    """A servable model: a base plus (usually) a LoRA adapter, with its lineage and gate status."""
+    """A servable model: a base plus (usually) a LoRA adapter, with its lineage and gate status.
+
+    At most one row is `active` (a partial unique index): none active means the base model serves."""
 
     __tablename__ = "model_versions"
+    __table_args__ = (Index("uq_model_versions_one_active", "status", unique=True,
+                            sqlite_where=text("status = 'active'"), postgresql_where=text("status = 'active'")),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -164,9 +170,96 @@ class ModelVersion(Base):
     traffic_share: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class VersionEvent(Base):
+    """The registry's history: every promote, rollback and rejection, with who did it and why."""
+
+    __tablename__ = "version_events"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # ULID: sorts by time
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    action: Mapped[str] = mapped_column(String(20))  # promote | rollback | reject
+    version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))  # what became active (None: base)
+    previous_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))  # what was active before
+    actor: Mapped[str] = mapped_column(String(200))  # "gate", "loop", or the user who ran the command
+    reason: Mapped[str | None] = mapped_column(Text)
+    evaluation_id: Mapped[str | None] = mapped_column(ForeignKey("evaluations.id"))
+
+
+class Evaluation(Base):
+    """One `ratingloop eval`: candidate vs the version it was compared with, the full report and the verdict."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    candidate_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    against_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))  # None: the base model
+    verdict: Mapped[str] = mapped_column(String(20))  # promote | reject
+    report: Mapped[dict[str, Any]] = mapped_column(Json)  # what `eval --json` prints
+
+
+class SignalsRun(Base):
+    """One fit of the rater model: its config and summary. Its rows (below) are what later stages read."""
+
+    __tablename__ = "signals_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # ULID: the newest sorts last
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    config: Mapped[dict[str, Any]] = mapped_column(Json)
+    summary: Mapped[dict[str, Any]] = mapped_column(Json)  # counts, the fit's mu_a/mu_b, the content prior
+    last_rating_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # newest rating it saw (the loop's trigger)
+    n_ratings: Mapped[int] = mapped_column(Integer)  # ratings it read
+
+
+class SignalsRating(Base):
+    """A rating that counted in a signals run: the latest per (rater, interaction, aspect, kind), flagged
+    raters left out. The one definition of "the ratings that count" for everything downstream."""
+
+    __tablename__ = "signals_ratings"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("signals_runs.id", ondelete="CASCADE"), primary_key=True)
+    rating_id: Mapped[str] = mapped_column(ForeignKey("ratings.id", ondelete="CASCADE"), primary_key=True, index=True)
+    interaction_id: Mapped[str] = mapped_column(ID, ForeignKey("interactions.id", ondelete="CASCADE"), index=True)
+
+
+class SignalsInteraction(Base):
+    """Per interaction and signals run: the debiased reward in [-1, 1], its confidence, aspects."""
+
+    __tablename__ = "signals_interactions"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("signals_runs.id", ondelete="CASCADE"), primary_key=True)
+    interaction_id: Mapped[str] = mapped_column(ID, ForeignKey("interactions.id", ondelete="CASCADE"),
+                                                primary_key=True, index=True)
+    reward: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[float] = mapped_column(Float)
+    n_ratings: Mapped[int] = mapped_column(Integer)  # 0: unrated, the content prior's reward only
+    aspects: Mapped[dict[str, Any]] = mapped_column(Json)
+
+
+class SignalsRater(Base):
+    """Per rater and signals run: the rater model's estimates and troll flags (what `ratingloop raters` shows)."""
+
+    __tablename__ = "signals_raters"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("signals_runs.id", ondelete="CASCADE"), primary_key=True)
+    rater_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+    bias: Mapped[float] = mapped_column(Float)
+    scale: Mapped[float] = mapped_column(Float)
+    reliability: Mapped[float] = mapped_column(Float)
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    reasons: Mapped[list[str]] = mapped_column(Json)
+
+
 # The tables as Core objects, for the write path's bulk statements.
 interactions: Table = Interaction.__table__  # type: ignore[assignment]
 ratings: Table = Rating.__table__  # type: ignore[assignment]
 raters: Table = Rater.__table__  # type: ignore[assignment]
 deleted_users: Table = DeletedUser.__table__  # type: ignore[assignment]
 model_versions: Table = ModelVersion.__table__  # type: ignore[assignment]
+version_events: Table = VersionEvent.__table__  # type: ignore[assignment]
+evaluations: Table = Evaluation.__table__  # type: ignore[assignment]
+signals_runs: Table = SignalsRun.__table__  # type: ignore[assignment]
+signals_ratings: Table = SignalsRating.__table__  # type: ignore[assignment]
+signals_interactions: Table = SignalsInteraction.__table__  # type: ignore[assignment]
+signals_raters: Table = SignalsRater.__table__  # type: ignore[assignment]

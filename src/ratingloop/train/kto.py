@@ -39,8 +39,8 @@ def make_trainer(model: Any, tokenizer: Any, data: TrainData, cfg: TrainConfig, 
 
 def kto_weights(data: TrainData) -> dict[str, Any]:
     """The manifest's class-balance weights, or the builder's rule applied to the train labels."""
-    from ratingloop.build.formats import kto_weights as balance
-    from ratingloop.build.rows import Row
+    from ratingloop.dataset.formats import kto_weights as balance
+    from ratingloop.dataset.rows import Row
 
     labels = [bool(x) for x in data.train["label"]]
     if all(labels) or not any(labels):

@@ -194,7 +194,7 @@ def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Pa
 def _data(engine: Engine, method: str, out_dir: Path, data_dir: Path | None) -> TrainData:
     """The given folder, or the method's dataset built from the store into OUT/data."""
     if data_dir is None:
-        from ratingloop.build import BuildConfig, build_dataset
+        from ratingloop.dataset import BuildConfig, build_dataset
 
         data_dir = out_dir / "data"
         try:
@@ -291,7 +291,7 @@ def _write_run_json(out_dir: Path, run_id: str, method: str, cfg: TrainConfig, b
     """What reproduces this run: resolved config, seed, inputs, package versions, git revision."""
     from importlib.metadata import version
 
-    from ratingloop.build.write import git_revision
+    from ratingloop.dataset.write import git_revision
 
     doc = {"run_id": run_id, "version_id": version_id, "method": method, "config": cfg.as_dict(), "seed": cfg.seed,
            "base_model": base_model, "data_dir": str(data.data_dir.resolve()), "dataset_snapshot_id": data.snapshot_id,

@@ -1,4 +1,4 @@
-"""Stage 4, build: answers -> DPO preference pairs {"prompt", "chosen", "rejected"} (conversational).
+"""Stage 4, dataset (`ratingloop build`): answers -> DPO preference pairs {"prompt", "chosen", "rejected"} (conversational).
 
 Two answers to the same prompt form a pair only when their reward gap is one the uncertainty
 supports: gap > pair_z * sqrt(sd1**2 + sd2**2) (the gap's own sd, the rewards being independent
@@ -13,10 +13,10 @@ import math
 from collections import defaultdict
 from itertools import combinations
 
-from ratingloop.build.answers import Pool
-from ratingloop.build.config import BuildConfig
-from ratingloop.build.formats import completion
-from ratingloop.build.rows import Answer, FilterLog, Row
+from ratingloop.dataset.answers import Pool
+from ratingloop.dataset.config import BuildConfig
+from ratingloop.dataset.formats import completion
+from ratingloop.dataset.rows import Answer, FilterLog, Row
 
 
 def dpo_rows(pool: Pool, cfg: BuildConfig, log: FilterLog) -> list[Row]:

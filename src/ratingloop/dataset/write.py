@@ -1,4 +1,4 @@
-"""Stage 4, build: a built dataset to disk and to the store.
+"""Stage 4, dataset (`ratingloop build`): a built dataset to disk and to the store.
 
 Writes, under the output folder:
     train/, eval/            `datasets.Dataset.save_to_disk` (load with `datasets.load_from_disk`)
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import orjson
 from sqlalchemy import Engine, insert
 
-from ratingloop.build.rows import Row
+from ratingloop.dataset.rows import Row
 from ratingloop.store import tables as t
 from ratingloop.store.db import write_transaction
 

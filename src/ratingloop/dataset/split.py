@@ -1,4 +1,4 @@
-"""Stage 4, build: row de-duplication and the prompt-disjoint train/eval split.
+"""Stage 4, dataset (`ratingloop build`): row de-duplication and the prompt-disjoint train/eval split.
 
 The split hashes each prompt (with `split_salt`) to a number in [0, 1); prompts below
 `eval_fraction` are held out. No prompt is in both splits, so eval measures generalisation to new
@@ -14,7 +14,7 @@ import hashlib
 
 import orjson
 
-from ratingloop.build.rows import FilterLog, Row
+from ratingloop.dataset.rows import FilterLog, Row
 
 
 def row_bytes(row: Row) -> bytes:

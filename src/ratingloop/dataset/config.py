@@ -1,4 +1,4 @@
-"""Stage 4, build: the pipeline settings of a dataset build, as one frozen dataclass.
+"""Stage 4, dataset (`ratingloop build`): the pipeline settings of a dataset build, as one frozen dataclass.
 
 Every threshold works on a reward's uncertainty, not on the raw reward alone. The signals stage gives
 each interaction a reward in [-1, 1] and a confidence in [0, 1] (1 - posterior sd / prior sd of its

@@ -1,4 +1,4 @@
-"""Stage 4, build: the store and the signals -> the answers and corrections a format chooses from.
+"""Stage 4, dataset (`ratingloop build`): the store and the signals -> the answers and corrections a format chooses from.
 
 Reads `interactions` and `ratings` through SQLAlchemy Core and the `SignalsResult` of
 `ratingloop.signals.report.compute_signals` (rewards with confidence; flagged raters). Writes nothing.
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, select
 
-from ratingloop.build.config import BuildConfig
-from ratingloop.build.rows import Answer, Correction, FilterLog, Message, prompt_key
-from ratingloop.build.scrub import scrub, scrub_messages
+from ratingloop.dataset.config import BuildConfig
+from ratingloop.dataset.rows import Answer, Correction, FilterLog, Message, prompt_key
+from ratingloop.dataset.scrub import scrub, scrub_messages
 from ratingloop.signals.report import SignalsResult
 from ratingloop.store import tables as t
 

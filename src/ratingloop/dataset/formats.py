@@ -1,4 +1,4 @@
-"""Stage 4, build: answers -> rows for the pointwise formats, in TRL's conversational shapes.
+"""Stage 4, dataset (`ratingloop build`): answers -> rows for the pointwise formats, in TRL's conversational shapes.
 
     sft       {"prompt": [messages], "completion": [{"role": "assistant", ...}]}
     kto       sft's columns + "label" (bool: desirable)
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ratingloop.build.answers import Pool
-from ratingloop.build.config import BuildConfig
-from ratingloop.build.rows import Answer, Correction, FilterLog, Row
+from ratingloop.dataset.answers import Pool
+from ratingloop.dataset.config import BuildConfig
+from ratingloop.dataset.rows import Answer, Correction, FilterLog, Row
 
 # TRL's recommended ratio (desirable_weight * n_desirable) / (undesirable_weight * n_undesirable) lies in
 # [1, 4/3] (KTO paper, eq. 8; TRL's KTOTrainer warns outside it). We aim at its middle so that

@@ -1,4 +1,4 @@
-"""Stage 4, build: debiased rewards -> training sets in TRL's conversational formats.
+"""Stage 4, dataset (`ratingloop build`): debiased rewards -> training sets in TRL's conversational formats.
 
 config.py   BuildConfig: thresholds and margins, defaults derived from each reward's confidence
 answers.py  the store + signals -> one Answer per distinct (prompt, response), corrections beside them
@@ -12,7 +12,7 @@ run.py      build_dataset(engine, fmt, out_dir, cfg) -> BuildResult: the stage t
 Importing this package is cheap: `datasets` is imported only when a build writes its output.
 """
 
-from ratingloop.build.config import FORMATS, BuildConfig
-from ratingloop.build.run import BuildResult, build_dataset
+from ratingloop.dataset.config import FORMATS, BuildConfig
+from ratingloop.dataset.run import BuildResult, build_dataset
 
 __all__ = ["FORMATS", "BuildConfig", "BuildResult", "build_dataset"]

@@ -1,4 +1,4 @@
-"""Stage 4, build: `ratingloop build --format sft|kto|dpo|reward|weighted --out DIR`, top to bottom.
+"""Stage 4, dataset (`ratingloop build`): `ratingloop build --format sft|kto|dpo|reward|weighted --out DIR`, top to bottom.
 
     result = build_dataset(engine, "dpo", Path("data/dpo"), BuildConfig())
 
@@ -18,13 +18,13 @@ from typing import Any
 from sqlalchemy import Engine
 
 import ratingloop
-from ratingloop.build.answers import Pool, load_pool
-from ratingloop.build.config import BuildConfig, check_format
-from ratingloop.build.formats import BUILDERS, kto_weights
-from ratingloop.build.pairs import dpo_rows
-from ratingloop.build.rows import FilterLog, Row
-from ratingloop.build.split import dedupe_rows, split_rows
-from ratingloop.build.write import content_hash, git_revision, record_snapshot, write_manifest, write_splits
+from ratingloop.dataset.answers import Pool, load_pool
+from ratingloop.dataset.config import BuildConfig, check_format
+from ratingloop.dataset.formats import BUILDERS, kto_weights
+from ratingloop.dataset.pairs import dpo_rows
+from ratingloop.dataset.rows import FilterLog, Row
+from ratingloop.dataset.split import dedupe_rows, split_rows
+from ratingloop.dataset.write import content_hash, git_revision, record_snapshot, write_manifest, write_splits
 from ratingloop.errors import RatingloopError
 from ratingloop.signals.content import ContentConfig
 from ratingloop.signals.report import SignalsConfig, SignalsResult, compute_signals
