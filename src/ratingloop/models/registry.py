@@ -45,6 +45,7 @@ class RunRow:
     metrics: dict[str, Any]
     log_path: str | None
     error: str | None
+    round_id: str | None = None  # the loop round that started it
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,14 @@ def _now() -> datetime:
 
 def start_run(engine: Engine, *, method: str, config: dict[str, Any], base_model: str,
               dataset_snapshot_id: str | None = None, parent_version_id: str | None = None,
-              log_path: str | Path | None = None) -> str:
+              log_path: str | Path | None = None, round_id: str | None = None) -> str:
     """Record a run as ``running`` and return its id (a ULID)."""
     run_id = new_id()
     with write_transaction(engine) as conn:
         conn.execute(insert(training_runs).values(
             id=run_id, created_at=_now(), finished_at=None, method=method, status="running", config=config,
             dataset_snapshot_id=dataset_snapshot_id, base_model=base_model, parent_version_id=parent_version_id,
-            metrics={}, log_path=str(log_path) if log_path is not None else None, error=None))
+            metrics={}, log_path=str(log_path) if log_path is not None else None, error=None, round_id=round_id))
     return run_id
 
 
@@ -169,3 +170,9 @@ def list_versions(engine: Engine, status: str | None = None) -> list[VersionRow]
     with engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
     return [VersionRow(**r) for r in rows]
+
+
+def active_version(engine: Engine) -> VersionRow | None:
+    """The version that serves now; None when none is active, i.e. the base model serves."""
+    active = list_versions(engine, "active")
+    return active[0] if active else None
