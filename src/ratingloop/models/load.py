@@ -9,7 +9,8 @@ A reference is one of:
 - a hub id such as ``HuggingFaceTB/SmolLM2-360M-Instruct``, only when it is already in the local
   Hugging Face cache. ``HF_HUB_OFFLINE=1`` is set unless the user set it: nothing downloads here.
 
-Registry version ids are resolved by the registry (a later stage) to one of the folders above.
+``active``, ``base`` and registry version ids are turned into one of the above by
+models/versions.py's `choose_model` (the store is needed for those; this module never opens it).
 """
 
 from __future__ import annotations

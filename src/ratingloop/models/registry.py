@@ -8,16 +8,27 @@ and no version. Rows are written with SQLAlchemy Core through `write_transaction
     run_id = start_run(engine, method="sft", config=cfg, base_model=str(base))
     version_id = finish_run(engine, run_id, adapter_path=out_dir, metrics={"train_loss": 1.2})
     list_versions(engine)  # newest first
+
+What serves is the one ``active`` version, or the base model when none is. `promote`, `rollback` and
+`reject` change it, each in one transaction that also appends a version_events row (who, why, the
+evaluation behind it), serialised with each other (SQLite's BEGIN IMMEDIATE; a PostgreSQL advisory
+lock), so at every moment exactly one version or the base serves - a crash mid-way leaves the old
+state - and a partial unique index refuses a second active row whatever code writes it.
+
+    promote(engine, version_id, actor="gate", evaluation_id=eval_id)
+    rollback(engine, actor="alice")  # (from, to): back to what served before the last promotion
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Iterator, cast
 
-from sqlalchemy import Engine, Table, insert, select, update
+from sqlalchemy import Connection, Engine, Table, insert, select, text, update
 
 from ratingloop.errors import RatingloopError
 from ratingloop.store import tables as t
@@ -27,8 +38,15 @@ from ratingloop.store.writes import new_id
 training_runs = cast(Table, t.TrainingRun.__table__)
 model_versions = cast(Table, t.ModelVersion.__table__)
 dataset_snapshots = cast(Table, t.DatasetSnapshot.__table__)
+version_events = cast(Table, t.VersionEvent.__table__)
+evaluations = cast(Table, t.Evaluation.__table__)
+
+log = logging.getLogger(__name__)
 
 VERSION_STATUSES = ("candidate", "active", "rejected", "retired")
+VERDICTS = ("promote", "reject")
+REWARD_METHODS = ("reward",)  # versions that score answers; they never serve
+_PG_REGISTRY_LOCK = 0x7265_6769_7374  # "regist": one registry action at a time on PostgreSQL
 
 
 @dataclass(frozen=True)
@@ -176,3 +194,205 @@ def active_version(engine: Engine) -> VersionRow | None:
     """The version that serves now; None when none is active, i.e. the base model serves."""
     active = list_versions(engine, "active")
     return active[0] if active else None
+
+
+# --- what serves: promote, rollback, reject ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: str
+    created_at: datetime
+    action: str  # promote | rollback | reject
+    version_id: str | None  # promote/rollback: what became active (None: the base); reject: the rejected one
+    previous_id: str | None  # what was active before (promote, rollback)
+    actor: str
+    reason: str | None
+    evaluation_id: str | None
+
+
+@contextmanager
+def _registry_transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that no other registry action interleaves with: on SQLite BEGIN IMMEDIATE
+    already admits one writer; PostgreSQL (READ COMMITTED) needs the lock, or two promotions would
+    each retire the old active row and the second would then hit the one-active index."""
+    with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_REGISTRY_LOCK})
+        yield conn
+
+
+def version_method(engine: Engine, version_id: str) -> str | None:
+    """The training method behind a version (sft, kto, reward, ...); None when no run made it."""
+    version = get_version(engine, version_id)
+    if version.training_run_id is None:
+        return None
+    with engine.connect() as conn:
+        query = select(training_runs.c.method).where(training_runs.c.id == version.training_run_id)
+        return cast(str | None, conn.execute(query).scalar_one_or_none())
+
+
+def check_servable(engine: Engine, version_id: str) -> VersionRow:
+    """The version when it may become active; RatingloopError saying why not (unknown, a reward model,
+    a missing or corrupt model folder)."""
+    from ratingloop.models.files import check_model_files
+
+    version = get_version(engine, version_id)
+    method = version_method(engine, version_id)
+    if method in REWARD_METHODS:
+        raise RatingloopError(f"version {version_id} is a reward model (method {method}); it scores answers and "
+                              "cannot serve them; promote a version trained with sft, kto, dpo, ...")
+    try:
+        check_model_files(version.adapter_path)
+    except RatingloopError as e:
+        raise RatingloopError(f"version {version_id} cannot serve: {e}. Retrain it, or promote another "
+                              "(`ratingloop versions list`)") from e
+    return version
+
+
+def promote(engine: Engine, version_id: str, *, actor: str, reason: str | None = None,
+            evaluation_id: str | None = None) -> None:
+    """Make `version_id` the one active version: the old active one becomes `retired`, in one transaction
+    with the event. Promoting the version that is already active changes nothing (a retried gate)."""
+    check_servable(engine, version_id)
+    with _registry_transaction(engine) as conn:
+        _check_evaluation(conn, evaluation_id)
+        previous = _active_id(conn)
+        if previous == version_id:
+            log.info("promote %s: already active; nothing to do", version_id)
+            return
+        _switch(conn, previous, version_id)
+        _event(conn, "promote", version_id, previous, actor, reason, evaluation_id)
+    log.info("promoted %s (was %s) by %s", version_id, previous or "the base", actor)
+
+
+def reject(engine: Engine, version_id: str, *, actor: str, reasons: list[str],
+           evaluation_id: str | None = None) -> None:
+    """Mark a version `rejected` with the reasons (an event row). The active version cannot be rejected:
+    roll back first, so that something whole always serves."""
+    get_version(engine, version_id)
+    with _registry_transaction(engine) as conn:
+        _check_evaluation(conn, evaluation_id)
+        if _active_id(conn) == version_id:
+            raise RatingloopError(f"version {version_id} is active; `ratingloop versions rollback` first, then "
+                                  "reject it")
+        conn.execute(update(model_versions).where(model_versions.c.id == version_id).values(
+            status="rejected", traffic_share=0.0))
+        _event(conn, "reject", version_id, None, actor, "; ".join(reasons) or None, evaluation_id)
+    log.info("rejected %s by %s: %s", version_id, actor, "; ".join(reasons))
+
+
+def rollback(engine: Engine, *, actor: str, reason: str | None = None) -> tuple[str | None, str | None]:
+    """Undo the newest promotion not yet undone: what it replaced serves again; returns (from, to), None
+    meaning the base. RatingloopError when there is nothing to roll back to, or the version to return to
+    can no longer serve (its folder is gone: promote another instead)."""
+    with _registry_transaction(engine) as conn:
+        current, target = _rollback_target(engine, conn)
+        _switch(conn, current, target)
+        _event(conn, "rollback", target, current, actor, reason, None)
+    log.info("rolled back from %s to %s by %s", current or "the base", target or "the base", actor)
+    return current, target
+
+
+def rollback_plan(engine: Engine) -> tuple[str | None, str | None]:
+    """What `rollback` would do now, (from, to), changing nothing; the same errors as `rollback`."""
+    with engine.connect() as conn:
+        return _rollback_target(engine, conn)
+
+
+def _rollback_target(engine: Engine, conn: Connection) -> tuple[str | None, str | None]:
+    undoable = _undoable_promotions(conn)
+    current = _active_id(conn)
+    if not undoable or undoable[-1].previous_id == current:
+        raise RatingloopError("nothing to roll back to: no promotion in the registry's history is left to undo "
+                              "(`ratingloop versions list` shows the versions; `versions promote V` makes one "
+                              "active)")
+    target = undoable[-1].previous_id
+    if target is not None:
+        check_servable(engine, target)
+    return current, target
+
+
+def list_events(engine: Engine) -> list[EventRow]:
+    """The registry's history, oldest first."""
+    with engine.connect() as conn:
+        return [EventRow(**r) for r in conn.execute(
+            select(version_events).order_by(version_events.c.created_at, version_events.c.id)).mappings()]
+
+
+def _active_id(conn: Connection) -> str | None:
+    query = select(model_versions.c.id).where(model_versions.c.status == "active")
+    return cast(str | None, conn.execute(query).scalar_one_or_none())
+
+
+def _switch(conn: Connection, old: str | None, new: str | None) -> None:
+    """Old active -> retired before new -> active: the one-active index is checked per statement."""
+    if old is not None:
+        conn.execute(update(model_versions).where(model_versions.c.id == old).values(
+            status="retired", traffic_share=0.0))
+    if new is not None:
+        conn.execute(update(model_versions).where(model_versions.c.id == new).values(
+            status="active", traffic_share=1.0))
+
+
+def _undoable_promotions(conn: Connection) -> list[EventRow]:
+    """The promotions a rollback can still undo: replay the history, a rollback undoing the newest one."""
+    stack: list[EventRow] = []
+    query = (select(version_events).where(version_events.c.action.in_(("promote", "rollback")))
+             .order_by(version_events.c.created_at, version_events.c.id))
+    for row in conn.execute(query).mappings():
+        if row["action"] == "promote":
+            stack.append(EventRow(**row))
+        elif stack:
+            stack.pop()
+    return stack
+
+
+def _event(conn: Connection, action: str, version_id: str | None, previous_id: str | None, actor: str,
+           reason: str | None, evaluation_id: str | None) -> None:
+    # History is replayed in created_at order; two events within a clock tick (or a clock step back)
+    # must still sort in the order they happened, so each is at least 1 us after the newest one.
+    newest = conn.execute(select(version_events.c.created_at).order_by(version_events.c.created_at.desc())
+                          .limit(1)).scalar_one_or_none()
+    now = _now()
+    if newest is not None and now <= newest:
+        now = newest + timedelta(microseconds=1)
+    conn.execute(insert(version_events).values(
+        id=new_id(), created_at=now, action=action, version_id=version_id, previous_id=previous_id,
+        actor=actor[:200], reason=reason, evaluation_id=evaluation_id))
+
+
+def _check_evaluation(conn: Connection, evaluation_id: str | None) -> None:
+    if evaluation_id is None:
+        return
+    if conn.execute(select(evaluations.c.id).where(evaluations.c.id == evaluation_id)).first() is None:
+        raise RatingloopError(f"evaluation {evaluation_id!r} is not in the store")
+
+
+# --- evaluations -------------------------------------------------------------------------------------------
+
+
+def record_evaluation(engine: Engine, candidate_id: str, against_id: str | None, verdict: str,
+                      report: dict[str, Any]) -> str:
+    """Store one evaluation (candidate vs `against_id`, None = the base) with its full report; its id."""
+    if verdict not in VERDICTS:
+        raise RatingloopError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+    for version_id in (candidate_id, against_id):
+        if version_id is not None:
+            get_version(engine, version_id)
+    evaluation_id = new_id()
+    with write_transaction(engine) as conn:
+        conn.execute(insert(evaluations).values(id=evaluation_id, created_at=_now(), candidate_id=candidate_id,
+                                                against_id=against_id, verdict=verdict, report=report))
+    return evaluation_id
+
+
+def latest_evaluation(engine: Engine, version_id: str) -> dict[str, Any] | None:
+    """The newest evaluation of `version_id` as a candidate: id, created_at, candidate_id, against_id,
+    verdict, report; None when it was never evaluated."""
+    query = (select(evaluations).where(evaluations.c.candidate_id == version_id)
+             .order_by(evaluations.c.created_at.desc(), evaluations.c.id.desc()).limit(1))
+    with engine.connect() as conn:
+        row = conn.execute(query).mappings().first()
+    return dict(row) if row is not None else None
+
