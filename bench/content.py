@@ -8,7 +8,7 @@ Per seed, simulated interactions get text that carries their hidden quality (sim
 are embedded once with the packaged all-MiniLM-L6-v2; every scenario reuses those texts (quality and
 topic depend only on the seed and the number of interactions). A fifth of the interactions are
 imported without ratings (held out). Each scenario goes through the store the way users' data
-does: `import_lines`, `compute_signals` with the content prior on and off, `build_dataset` for sft
+does: `import_lines`, `record_signals` with the content prior on and off, `build_dataset` for sft
 and kto. Figures: troll precision/recall; Spearman of rewards with the true quality (rated, and
 unrated from the prior alone); the share of truly good answers (quality > 0) in the SFT set and the
 KTO label accuracy; and a reward model (BayesianRidge on the embeddings) fitted on the cleaned
@@ -34,10 +34,10 @@ from scipy.stats import spearmanr
 
 from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.models.embed import embed_pairs, encoder, prompt_text
+from ratingloop.signals import SignalsConfig, StoredSignals, record_signals
 from ratingloop.signals.content import ContentConfig, decide, project
 from ratingloop.signals.load import load_ratings
 from ratingloop.signals.normalise import rewards
-from ratingloop.signals.report import SignalsConfig, SignalsResult, compute_signals
 from ratingloop.simulate import SimConfig, simulate
 from ratingloop.simulate.texts import SimTexts, import_lines_for, rater_id, sim_texts
 from ratingloop.store import open_engine
@@ -73,7 +73,7 @@ def item_of(iid: str) -> int:
     return int(iid.split("-")[1])
 
 
-def troll_figures(res: SignalsResult, troll: np.ndarray, n: np.ndarray) -> dict[str, float]:
+def troll_figures(res: StoredSignals, troll: np.ndarray, n: np.ndarray) -> dict[str, float]:
     flagged = np.zeros(len(troll), bool)
     index = {rater_id(k): k for k in range(len(troll))}
     flagged[[index[r.rater_id] for r in res.raters if r.flagged]] = True
@@ -86,7 +86,7 @@ def troll_figures(res: SignalsResult, troll: np.ndarray, n: np.ndarray) -> dict[
             "trolls_judged": float(judged.sum() / max(t.sum(), 1))}
 
 
-def build_figures(engine: Any, res: SignalsResult, quality: np.ndarray, answers: dict[str, int], out: Path
+def build_figures(engine: Any, res: StoredSignals, quality: np.ndarray, answers: dict[str, int], out: Path
                   ) -> dict[str, float]:
     figs: dict[str, float] = {}
     for fmt in ("sft", "kto"):
@@ -128,10 +128,10 @@ def run_scenario(kw: dict[str, Any], items: int, seed: int, texts: SimTexts, x: 
         import_lines(engine, lines, Limits())
         figs["auto_on"] = float(decide(load_ratings(engine), ContentConfig())[0])
         t0 = time.perf_counter()
-        on = compute_signals(engine, SignalsConfig(content=ContentConfig(mode="on")), embed=cached_embedder(texts, x))
+        on = record_signals(engine, SignalsConfig(content=ContentConfig(mode="on")), embed=cached_embedder(texts, x))
         figs["seconds_on"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        off = compute_signals(engine, SignalsConfig(content=ContentConfig(mode="off")))
+        off = record_signals(engine, SignalsConfig(content=ContentConfig(mode="off")))
         figs["seconds_off"] = time.perf_counter() - t0
         n = np.bincount(sim.rater[keep], minlength=sim.n_raters)
         answers = {a: k for k, a in enumerate(texts.answers)}

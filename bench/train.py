@@ -221,9 +221,10 @@ def peak_rss_mib() -> float:
 
 def ours_trainer(spec: dict[str, Any], out_dir: Path) -> Any:
     from ratingloop.models.load import resolve_model
+    from ratingloop.train.common import load_base
     from ratingloop.train.config import TrainConfig
     from ratingloop.train.data import TrainData
-    from ratingloop.train.run import load_base, recipe
+    from ratingloop.train.run import recipe
 
     method, overrides = spec["method"], dict(spec.get("overrides") or {})
     weights, padding_free = overrides.pop("_weights", None), overrides.pop("_padding_free", False)

@@ -1,7 +1,8 @@
 """Stores for the build tests: interactions with known, clear-cut ratings, imported the way users do.
 
 Five honest raters give 1-5 stars to every answer, so the rater model is sure of the rewards and the
-cases differ only in what the builders should make of them (see the comments).
+cases differ only in what the builders should make of them (see the comments). `store_with` records a
+signals run after the import, as `ratingloop signals` does: a build reads that run and never refits.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from ratingloop.signals import record_signals
 from ratingloop.store import open_engine
 from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
@@ -54,8 +56,10 @@ CASES: list[dict[str, Any]] = [
 ]
 
 
-def store_with(url: str, lines: list[dict[str, Any]] | None = None) -> Engine:
+def store_with(url: str, lines: list[dict[str, Any]] | None = None, signals: bool = True) -> Engine:
     engine = open_engine(url)
     report = import_lines(engine, [json.dumps(x).encode() for x in (CASES if lines is None else lines)], Limits())
     assert not report.bad, report.bad
+    if signals:
+        record_signals(engine)
     return engine

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from build_store import line, store_with
 from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.errors import RatingloopError
-from ratingloop.signals.report import compute_signals
+from ratingloop.signals import load_signals
+from ratingloop.store import tables as t
 
 
 def rows_of(out: Path) -> list[dict[str, Any]]:
@@ -100,14 +102,19 @@ def test_reward_and_weighted_carry_the_number(engine: Any, tmp_path: Path) -> No
 
 
 def test_flagged_raters_leave_no_trace(engine: Any, tmp_path: Path) -> None:
-    """r1 wrote the correction; once r1 is flagged, neither the correction nor r1's ratings are used."""
-    signals = compute_signals(engine)
+    """r1 wrote the correction; in a run that flagged r1 (so did not count r1's ratings), neither the
+    correction nor r1's ratings are used: the build takes the run's counted ratings as they are."""
+    signals = load_signals(engine)
+    with engine.connect() as conn:
+        theirs = set(conn.execute(select(t.ratings.c.id).where(t.ratings.c.rater_id == "r1")).scalars())
     raters = [dataclasses.replace(r, flagged=r.rater_id == "r1") for r in signals.raters]
-    flagged = dataclasses.replace(signals, raters=raters)
+    counted = {iid: [rid for rid in ids if rid not in theirs] for iid, ids in signals.counted.items()}
+    flagged = dataclasses.replace(signals, raters=raters, counted=counted)
     result = build_dataset(engine, "sft", tmp_path / "sft", BuildConfig(), signals=flagged)
     assert "Use 'Forgot password' on the sign-in page; the link is valid for one hour." not in answers(
         rows_of(tmp_path / "sft"))
     assert result.manifest["inputs"]["flagged_raters"] == ["r1"]
+    assert not theirs & set(result.manifest["rating_ids"])
     clean = build_dataset(engine, "sft", tmp_path / "clean", BuildConfig(), signals=signals)
     assert set(result.manifest["rating_ids"]) < set(clean.manifest["rating_ids"])
 
@@ -149,7 +156,7 @@ def test_judge_only_answers_count_less_and_never_train_a_reward_model(sqlite_url
     result = build_dataset(engine, "reward", tmp_path / "reward", BuildConfig())
     assert text not in answers(rows_of(tmp_path / "reward")) and removed(result)["judged_only"] == 1
 
-    signals = compute_signals(engine)
+    signals = load_signals(engine)
     full = {s.interaction_id: s.confidence for s in signals.interactions}["judged-1"]
     build_dataset(engine, "weighted", tmp_path / "half", BuildConfig(min_confidence=0.0, weighted_min_abs=0.0),
                   signals=signals)

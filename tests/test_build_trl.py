@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ratingloop.dataset import FORMATS, BuildConfig, build_dataset
+from ratingloop.signals import record_signals
 from ratingloop.store import open_engine
 from ratingloop.store.db import dispose_engines
 from ratingloop.store.jsonl import import_lines
@@ -29,6 +30,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("built")
     engine = open_engine(f"sqlite:///{root / 'store.db'}")
     import_lines(engine, EXAMPLE.read_bytes().splitlines(), Limits())
+    record_signals(engine)  # every format built from this one run
     out = {fmt: root / fmt for fmt in FORMATS}
     for fmt, path in out.items():
         build_dataset(engine, fmt, path, BuildConfig())

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ratingloop.dataset import BuildConfig
 from ratingloop.cli import app
+from ratingloop.dataset import BuildConfig
 from ratingloop.errors import ConfigError
 from ratingloop.pipeline_config import load_section
 
@@ -23,9 +23,17 @@ def test_build_writes_loadable_sets_with_a_manifest(fmt: str, sqlite_url: str, t
 
     assert runner.invoke(app, ["import", str(EXAMPLES), "--db", sqlite_url]).exit_code == 0
     out = tmp_path / fmt
-    result = runner.invoke(app, ["build", "--format", fmt, "--out", str(out), "--db", sqlite_url])
+    refused = runner.invoke(app, ["build", "--format", fmt, "--out", str(out), "--db", sqlite_url])
+    assert refused.exit_code != 0 and "run `ratingloop signals` first" in str(refused.exception)
+    signals = runner.invoke(app, ["signals", "--db", sqlite_url])
+    assert signals.exit_code == 0, signals.output
+    run_id = signals.stdout.split()[2].rstrip(":")
+    result = runner.invoke(app, ["build", "--format", fmt, "--out", str(out), "--db", sqlite_url,
+                                 *(["--signals", run_id] if fmt == "dpo" else [])])
     assert result.exit_code == 0, result.output
+    assert f"signals run {run_id}" in result.stdout
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["signals_run_id"] == run_id
     train = load_from_disk(str(out / "train"))
     assert len(train) == manifest["rows"]["train"] > 0
     assert len((out / "train.jsonl").read_text().splitlines()) == len(train)

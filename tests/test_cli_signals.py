@@ -1,4 +1,4 @@
-"""`ratingloop signals` and `ratingloop raters` on the example file, through the CLI."""
+"""`ratingloop signals` (records a run) and `ratingloop raters` (shows one) on the example file, through the CLI."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def test_signals_and_raters_on_the_example_store(sqlite_url: str, tmp_path: Path
     out = tmp_path / "signals.jsonl"
     result = runner.invoke(app, ["signals", "--out", str(out), "--db", sqlite_url])
     assert result.exit_code == 0, result.output
+    run_id = result.stdout.split()[2].rstrip(":")
+    assert result.stdout.startswith(f"signals run {run_id}: 48 rated + 0 unrated interactions")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 48  # every example interaction is rated
     for row in rows:
@@ -36,8 +38,22 @@ def test_signals_and_raters_on_the_example_store(sqlite_url: str, tmp_path: Path
     assert all({"rater_id", "n", "bias", "scale", "reliability", "flagged", "reasons"} <= set(r) for r in raters)
     assert sum(r["n"] for r in raters) > 0
 
+    # a second run without --out: recorded, and `raters` shows the newest unless asked for another
+    again = runner.invoke(app, ["signals", "--db", sqlite_url])
+    assert again.exit_code == 0 and "->" not in again.stdout
+    second = again.stdout.split()[2].rstrip(":")
+    assert second != run_id
+    shown = runner.invoke(app, ["raters", "--db", sqlite_url])
+    assert shown.exit_code == 0 and f"signals run {second}" in shown.stderr and "ann-maria" in shown.stdout
+    older = runner.invoke(app, ["raters", "--run", run_id, "--json", "--db", sqlite_url])
+    assert json.loads(older.stdout) == raters
+    missing = runner.invoke(app, ["raters", "--run", "nope", "--db", sqlite_url])
+    assert missing.exit_code != 0 and "'nope' is not in this store" in str(missing.exception)
+
 
 def test_signals_on_an_empty_store_says_so_and_fails(sqlite_url: str, tmp_path: Path) -> None:
     result = runner.invoke(app, ["signals", "--out", str(tmp_path / "s.jsonl"), "--db", sqlite_url])
     assert result.exit_code != 0
     assert "no ratings" in str(result.exception) + result.output
+    result = runner.invoke(app, ["raters", "--db", sqlite_url])
+    assert result.exit_code != 0 and "run `ratingloop signals` first" in str(result.exception)

@@ -22,11 +22,12 @@ from sqlalchemy import func, select
 from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.errors import ConfigError
 from ratingloop.models.embed import prompt_text
+from ratingloop.signals import StoredSignals, record_signals
 from ratingloop.signals.content import ContentConfig, ContentData, cross_fitted_prior, decide, project, rater_folds
 from ratingloop.signals.load import LoadedRatings
 from ratingloop.signals.normalise import rewards
 from ratingloop.signals.observations import observations
-from ratingloop.signals.report import SignalsConfig, SignalsResult, compute_signals, signals_from_loaded
+from ratingloop.signals.report import SignalsConfig, SignalsResult, signals_from_loaded
 from ratingloop.simulate import SimConfig, SimRatings, simulate
 from ratingloop.simulate.ratings import to_raw
 from ratingloop.simulate.texts import RUDE, import_lines_for, interaction_id, rater_id, sim_texts
@@ -53,7 +54,7 @@ def synthetic(sim: SimRatings, n_unrated: int = 0, noise: float = 0.6, seed: int
     return ContentData(ids, x, sim.n_items, rater_folds([rater_id(r) for r in range(sim.n_raters)], 5))
 
 
-def flagged(result: SignalsResult) -> set[str]:
+def flagged(result: SignalsResult | StoredSignals) -> set[str]:
     return {r.rater_id for r in result.raters if r.flagged}
 
 
@@ -129,8 +130,6 @@ def test_auto_turns_the_prior_on_for_mostly_single_rated_stores_only() -> None:
     assert not decide(loaded(single), ContentConfig(mode="off"))[0]
     with pytest.raises(ConfigError, match="mode='sometimes'"):
         decide(loaded(single), ContentConfig(mode="sometimes"))
-    with pytest.raises(ConfigError, match="content_prior"):
-        BuildConfig(content_prior="maybe").validate()
 
 
 def test_content_prior_flags_single_rated_inverters_and_says_why() -> None:
@@ -198,8 +197,8 @@ def test_cleaned_single_rated_data_trains_better_than_raw(tmp_path: Path) -> Non
     engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
     assert not import_lines(engine, import_lines_for(part, texts), Limits()).bad
     vectors: dict[Any, np.ndarray] = {}
-    on = compute_signals(engine, embed=recording(vectors))  # auto: single-rated, so on
-    off = compute_signals(engine, SignalsConfig(content=ContentConfig(mode="off")))
+    on = record_signals(engine, embed=recording(vectors))  # auto: single-rated, so on
+    off = record_signals(engine, SignalsConfig(content=ContentConfig(mode="off")))
     assert on.content is not None and len(on.unrated) == held.sum()
 
     # the inverters are found, by their answers' content; the flat prior finds none

@@ -1,29 +1,39 @@
-"""Signals from the store (signals/load.py, signals/report.py): real SQLite, ratings imported through
-the store's own JSONL path, rows as `ratingloop signals` / `ratingloop raters` will print them."""
+"""Signals from the store (signals/load.py, report.py, runs.py): real SQLite and PostgreSQL, ratings imported
+through the store's own JSONL path, rows as `ratingloop signals` / `ratingloop raters` print them, and a
+signals run recorded once and read back by the build and `raters` without fitting again."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
+from typer.testing import CliRunner
 
+from ratingloop.cli import app
+from ratingloop.dataset import BuildConfig, build_dataset, prompt_key
 from ratingloop.errors import RatingloopError
+from ratingloop.signals import load_signals, record_signals
 from ratingloop.signals.report import SignalsConfig, compute_signals
-from ratingloop.store import Limits, open_engine
+from ratingloop.store import Limits, delete_user, open_engine
+from ratingloop.store import tables as t
 from ratingloop.store.jsonl import import_lines
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return open_engine(f"sqlite:///{tmp_path / 'signals.db'}")
+def engine(db_url: str) -> Engine:
+    return open_engine(db_url)
 
 
 def _line(iid: str, ratings: list[dict], topic: str = "billing") -> bytes:
+    """Interaction c-NN was asked by asker-(NN mod 4); the same line again only adds ratings."""
+    asker = f"asker-{int(iid[-2:]) % 4}" if iid[-2:].isdigit() else None
     return orjson.dumps({"id": iid, "messages": [{"role": "user", "content": f"q {iid}"}], "response": f"a {iid}",
-                         "tags": {"topic": topic}, "ratings": ratings})
+                         "tags": {"topic": topic}, "ratings": ratings, "user_id": asker})
 
 
 def _world(engine: Engine, troll: bool = True) -> np.ndarray:
@@ -47,7 +57,7 @@ def _world(engine: Engine, troll: bool = True) -> np.ndarray:
             ratings.append({"rater_id": "u2", "kind": "comment", "text": "great, thanks!" if q[k] > 0 else "useless"})
         lines.append(_line(f"c-{k:02d}", ratings))
     report = import_lines(engine, lines, Limits())
-    assert not report.bad
+    assert not report.bad, report.bad
     return q
 
 
@@ -90,3 +100,123 @@ def test_too_few_ratings_says_how_many(engine: Engine) -> None:
                                         {"rater_id": "u1", "kind": "comment", "text": "ok"}])], Limits())
     with pytest.raises(RatingloopError, match="only 1 overall rating"):
         compute_signals(engine, SignalsConfig(min_ratings=3))
+
+
+# --- a signals run in the store: recorded once, read by everything downstream -------------------------------
+
+def _add(engine: Engine, line: bytes) -> None:
+    assert not import_lines(engine, [line], Limits()).bad
+
+
+def _ratings_of(engine: Engine, rater: str) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(t.ratings.c.id).where(t.ratings.c.rater_id == rater)).scalars())
+
+
+def _count(engine: Engine, table: Any, *where: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())
+
+
+def test_a_run_is_recorded_once_and_read_back_as_it_was(engine: Engine) -> None:
+    _world(engine)
+    # rated by the inverter alone: still a rated interaction, with no rating that counts
+    _add(engine, _line("troll-only", [{"rater_id": "troll", "kind": "stars", "value": 5}]))
+    stored = record_signals(engine)
+    assert load_signals(engine) == stored  # rows, counted ratings, config, summary: what every stage reads
+    assert load_signals(engine, stored.run_id) == stored
+    assert len(stored.interactions) == 41 and stored.unrated == []
+    assert {s.interaction_id: s.n_ratings for s in stored.interactions}["troll-only"] == 0
+    s = stored.summary
+    assert (s["n_ratings"], s["n_interactions"], s["n_raters"], s["n_flagged"]) == (40 * 9 + 10 + 1, 41, 9, 1)
+    assert stored.flagged == {"troll"} and s["mu_a"] > 0 and s["content"] is None
+    # the ratings that count: everyone's latest, the flagged inverter's left out
+    counted = {rid for ids in stored.counted.values() for rid in ids}
+    assert counted == set().union(*(_ratings_of(engine, f"u{r}") for r in range(8)))
+    assert s["n_counted"] == len(counted) == 40 * 8 + 10 and "troll-only" not in stored.counted
+    assert stored.config["content"]["mode"] == "auto" and stored.last_rating_at is not None
+    assert _count(engine, t.signals_ratings) == len(counted) and _count(engine, t.signals_raters) == 9
+
+
+def test_a_later_rating_leaves_the_older_one_uncounted(engine: Engine) -> None:
+    _world(engine, troll=False)
+    first = record_signals(engine)
+    old = set(first.counted["c-00"])
+    _add(engine, _line("c-00", [{"rater_id": "u0", "kind": "stars", "value": 1}]))
+    second = record_signals(engine)
+    assert load_signals(engine).run_id == second.run_id and load_signals(engine, first.run_id) == first
+    new = set(second.counted["c-00"])
+    assert len(new) == len(old) and len(new - old) == 1 and (old - new) <= _ratings_of(engine, "u0")
+    assert second.summary["n_superseded"] == 1
+
+
+def test_build_and_raters_read_the_run_without_refitting(engine: Engine, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    _world(engine)
+    stored = record_signals(engine)
+
+    def refit(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the rater model was fitted again")
+
+    monkeypatch.setattr("ratingloop.signals.report.fit_excluding_trolls", refit)
+    monkeypatch.setattr("ratingloop.signals.runs.compute_signals", refit)
+    result = build_dataset(engine, "reward", tmp_path / "reward", BuildConfig(min_confidence=0.0))
+    assert result.manifest["signals_run_id"] == stored.run_id
+    shown = CliRunner().invoke(app, ["raters", "--json", "--db", engine.url.render_as_string(hide_password=False)])
+    assert shown.exit_code == 0, shown.output
+    assert {r["rater_id"]: r["bias"] for r in json.loads(shown.stdout)} == {r.rater_id: r.bias for r in stored.raters}
+
+
+def test_the_manifest_lists_exactly_the_counted_ratings_behind_its_rows(engine: Engine, tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    _world(engine)
+    _add(engine, _line("c-00", [{"rater_id": "u0", "kind": "stars", "value": 1}]))  # supersedes
+    stored = record_signals(engine)
+    late = [{"rater_id": "u1", "kind": "thumbs", "value": 1, "created_at": "2999-01-01T00:00:00Z"}]
+    _add(engine, _line("c-01", late))  # after the run: not in it, and the build says so
+    result = build_dataset(engine, "reward", tmp_path / "reward", BuildConfig(min_confidence=0.0))
+    rows = [orjson.loads(x) for split in ("train", "eval") for x in (tmp_path / "reward" / f"{split}.jsonl")
+            .read_bytes().splitlines()]
+    assert len(rows) == 40  # every rated answer is a row here, so every counted rating is behind one
+    assert result.manifest["rating_ids"] == sorted(rid for ids in stored.counted.values() for rid in ids)
+    assert not set(result.manifest["rating_ids"]) & (_ratings_of(engine, "troll") | _ratings_of(engine, "u1")
+                                                     - {rid for ids in stored.counted.values() for rid in ids})
+    keys = result.manifest["prompt_keys"]
+    assert not set(keys["train"]) & set(keys["eval"])
+    assert set(keys["train"]) | set(keys["eval"]) == {prompt_key(r["prompt"]) for r in rows}
+    assert len(keys["eval"]) == result.manifest["prompts"]["eval"]
+    assert any("1 rating(s) arrived after signals run" in w for w in result.warnings)
+    assert "arrived after signals run" in caplog.text and result.manifest["warnings"] == result.warnings
+    with engine.connect() as conn:
+        snapshot = conn.execute(select(t.DatasetSnapshot.__table__)).one()
+    assert snapshot.signals_run_id == stored.run_id
+
+
+def test_a_deleted_user_leaves_no_signals_rows(engine: Engine) -> None:
+    _world(engine)
+    record_signals(engine)
+    given = _ratings_of(engine, "u3")
+    with engine.connect() as conn:
+        asked = set(conn.execute(select(t.interactions.c.id).where(t.interactions.c.user_id == "asker-1")).scalars())
+    assert len(asked) == 10 and _count(engine, t.signals_ratings, t.signals_ratings.c.rating_id.in_(given)) == 40
+    delete_user(engine, "u3")
+    delete_user(engine, "asker-1")
+    sr, si = t.signals_ratings.c, t.signals_interactions.c
+    assert _count(engine, t.signals_raters, t.signals_raters.c.rater_id == "u3") == 0
+    assert _count(engine, t.signals_ratings, sr.rating_id.in_(given)) == 0
+    assert _count(engine, t.signals_ratings, sr.interaction_id.in_(asked)) == 0
+    assert _count(engine, t.signals_interactions, si.interaction_id.in_(asked)) == 0
+    left = load_signals(engine)
+    assert len(left.interactions) == 30 and "u3" not in {r.rater_id for r in left.raters}
+    assert not {rid for ids in left.counted.values() for rid in ids} & given
+
+
+def test_no_run_says_run_signals_first(engine: Engine, tmp_path: Path) -> None:
+    _world(engine)
+    with pytest.raises(RatingloopError, match="run `ratingloop signals` first"):
+        build_dataset(engine, "sft", tmp_path / "sft", BuildConfig())
+    with pytest.raises(RatingloopError, match="run `ratingloop signals` first"):
+        load_signals(engine)
+    record_signals(engine)
+    with pytest.raises(RatingloopError, match="'nope' is not in this store"):
+        load_signals(engine, "nope")

@@ -28,12 +28,13 @@ import pytest
 from sqlalchemy import Engine
 
 from concise import concise_store_lines
+from ratingloop.loop import train_from_store
 from ratingloop.models import generate, load_for_generation
 from ratingloop.models.registry import get_run, get_version
 from ratingloop.store import open_engine
 from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
-from ratingloop.train import TrainConfig, train
+from ratingloop.train import TrainConfig
 from ratingloop.train.pointwise import completion_logps
 from ratingloop.train.scoring import load_scorer
 
@@ -73,7 +74,8 @@ def test_concise_raters_make_the_default_model_answer_shorter(
     engine, held_out = concise_store
     cfg = TrainConfig.for_method(method, max_steps=12, batch_size=4, max_length=160, save_steps=0,
                                  **SHORT_RUN[method])
-    result = train(engine, method, out_dir=tmp_path / method, base=default_model, cfg=cfg, progress=False)
+    result = train_from_store(engine, method, out_dir=tmp_path / method, base=default_model, cfg=cfg,
+                              progress=False)
     version = get_version(engine, result.version_id)
     assert (version.status, get_run(engine, version.training_run_id).status) == ("candidate", "succeeded")
 
@@ -96,8 +98,8 @@ def test_sft_dpo_reward_and_grpo_train_the_default_model_from_the_store(
     short = {"batch_size": 4, "max_length": 160, "save_steps": 0, "logging_steps": 1}
 
     def run(method: str, **values: Any) -> Any:
-        result = train(engine, method, out_dir=tmp_path / method, base=default_model,
-                       cfg=TrainConfig.for_method(method, **(short | values)), progress=False)
+        result = train_from_store(engine, method, out_dir=tmp_path / method, base=default_model,
+                                  cfg=TrainConfig.for_method(method, **(short | values)), progress=False)
         version = get_version(engine, result.version_id)
         assert (version.status, get_run(engine, version.training_run_id).status) == ("candidate", "succeeded")
         assert result.metrics["steps"] == values["max_steps"]

@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from transformers import TrainerCallback
 
 from ratingloop.errors import RatingloopError
+from ratingloop.loop import train_from_store
 from ratingloop.models import generate, load_for_generation
 from ratingloop.models.registry import get_run, list_runs, list_versions
 from ratingloop.train import TrainConfig, resume, train
@@ -175,7 +176,7 @@ def test_full_fine_tuning_keeps_the_value_head_out_of_the_model(engine: Engine, 
 
     out = tmp_path / "full"
     cfg = replace(FAST, lora=False, learning_rate=1e-3, max_steps=2, bf16=False)  # fp32: log-ratio 0 at step 1
-    train(engine, "dro", out_dir=out, base=tiny_base, cfg=cfg, progress=False)
+    train_from_store(engine, "dro", out_dir=out, base=tiny_base, cfg=cfg, progress=False)
     assert not any(k.startswith("value_head") for k in load_file(str(out / "model.safetensors")))
     assert set(load_file(str(out / "value_head.safetensors"))) == {"weight", "bias"}
     logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
@@ -195,9 +196,8 @@ def test_constant_rewards_stop_before_training(engine: Engine, tiny_base: Path, 
 def test_an_empty_store_stops_before_training(tiny_base: Path, tmp_path: Path) -> None:
     empty = store(tmp_path, [])
     with pytest.raises(RatingloopError, match=r"--method dro: cannot build its dataset.*no ratings.*ratingloop import"):
-        train(empty, "dro", out_dir=tmp_path / "run", base=tiny_base, cfg=FAST, progress=False)
-    [run] = list_runs(empty)
-    assert run.status == "failed" and list_versions(empty) == []
+        train_from_store(empty, "dro", out_dir=tmp_path / "run", base=tiny_base, cfg=FAST, progress=False)
+    assert list_runs(empty) == [] and list_versions(empty) == []  # signals failed: nothing was trained
 
 
 def test_dro_needs_a_positive_tau(engine: Engine, tiny_base: Path, tmp_path: Path) -> None:

@@ -22,8 +22,9 @@ import pytest
 from sqlalchemy import Engine
 
 from ratingloop.errors import ConfigError, RatingloopError
+from ratingloop.loop import train_from_store
 from ratingloop.models.registry import list_runs, list_versions
-from ratingloop.train import TrainConfig, train
+from ratingloop.train import TrainConfig
 from ratingloop.train.data import TrainData
 from ratingloop.train.grpo import RewardModelReward, grpo_trainer, prepare
 from tiny import tiny_causal_lm, tiny_tokenizer
@@ -39,13 +40,13 @@ def test_grpo_trains_against_the_newest_reward_model_and_registers_a_candidate(e
                                                                               tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    rm = train(engine, "reward", out_dir=tmp_path / "rm", base=tiny_base,  # the embed head does not read the base
-               cfg=TrainConfig.for_method("reward", reward_backbone="embed"), progress=False)
+    rm = train_from_store(engine, "reward", out_dir=tmp_path / "rm", base=tiny_base,  # the embed head ignores the base
+                          cfg=TrainConfig.for_method("reward", reward_backbone="embed"), progress=False)
     cfg = prepare(engine, FAST)  # train.reward_model was empty: the newest registered reward model
     assert Path(cfg.reward_model) == rm.out_dir.resolve()
     base_hash = sha256(tiny_base / "model.safetensors")
     out = tmp_path / "grpo"
-    result = train(engine, "grpo", out_dir=out, base=tiny_base, cfg=cfg, progress=False)
+    result = train_from_store(engine, "grpo", out_dir=out, base=tiny_base, cfg=cfg, progress=False)
 
     # every step logged the reward model's mean reward (on [-1, 1]) and the KL to the reference
     logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
@@ -131,11 +132,11 @@ def test_without_a_reward_model_grpo_stops_before_training(engine: Engine, tiny_
     with pytest.raises(ConfigError, match=fix):
         prepare(engine, FAST)  # the store registers no reward model
     with pytest.raises(ConfigError, match=fix):
-        train(engine, "grpo", out_dir=tmp_path / "run", base=tiny_base, cfg=FAST, progress=False)
+        train_from_store(engine, "grpo", out_dir=tmp_path / "run", base=tiny_base, cfg=FAST, progress=False)
     # a folder that is not a reward model (the base: a causal LM) is named as such
     with pytest.raises(ConfigError, match=r"train\.reward_model=.*is a policy adapter or model, not a reward model"):
-        train(engine, "grpo", out_dir=tmp_path / "run2", base=tiny_base, cfg=replace(FAST, reward_model=str(tiny_base)),
-              progress=False)
+        train_from_store(engine, "grpo", out_dir=tmp_path / "run2", base=tiny_base,
+                         cfg=replace(FAST, reward_model=str(tiny_base)), progress=False)
     # no reward model at all is found before the run is recorded; a wrong folder fails the recorded run
     assert [r.status for r in list_runs(engine)] == ["failed"]
     assert list_versions(engine) == []

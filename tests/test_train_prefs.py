@@ -16,8 +16,10 @@ from sqlalchemy import Engine
 
 from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.errors import RatingloopError
+from ratingloop.loop import train_from_store
 from ratingloop.models import generate, load_for_generation
 from ratingloop.models.registry import list_runs, list_versions
+from ratingloop.signals import record_signals
 from ratingloop.train import METHODS, TrainConfig, train
 from train_support import EXAMPLE, sha256, store
 
@@ -37,7 +39,7 @@ def test_trains_saves_and_registers_a_candidate(method: str, engine: Engine, tin
 
     base_hash = sha256(tiny_base / "model.safetensors")
     out = tmp_path / "run"
-    result = train(engine, method, out_dir=out, base=tiny_base, cfg=FAST, progress=False)
+    result = train_from_store(engine, method, out_dir=out, base=tiny_base, cfg=FAST, progress=False)
 
     # a few steps, a finite loss, and the method's own figures recorded
     m = result.metrics
@@ -98,16 +100,14 @@ def no_pairs_lines() -> list[bytes]:
 def test_dpo_without_pairs_stops_before_training(tiny_base: Path, tmp_path: Path) -> None:
     engine = store(tmp_path, no_pairs_lines())
     with pytest.raises(RatingloopError, match=r"--method dpo.*0 pairs.*two answers to one prompt") as e:
-        train(engine, "dpo", out_dir=tmp_path / "run", base=tiny_base, cfg=FAST, progress=False)
+        train_from_store(engine, "dpo", out_dir=tmp_path / "run", base=tiny_base, cfg=FAST, progress=False)
     assert "corrections" in str(e.value) and "--method kto" in str(e.value)  # how to get pairs, or what else to run
-    [run] = list_runs(engine)
-    assert run.status == "failed" and run.error and "0 pairs" in run.error
-    assert list_versions(engine) == []
+    assert list_runs(engine) == [] and list_versions(engine) == []  # the build failed: nothing was trained
     assert not (tmp_path / "run" / "adapter_config.json").exists()
 
 
 def test_dpo_data_dir_with_the_wrong_format_is_named(engine: Engine, tiny_base: Path, tmp_path: Path) -> None:
-    build_dataset(engine, "kto", tmp_path / "kto", BuildConfig())
+    build_dataset(engine, "kto", tmp_path / "kto", BuildConfig(), record_signals(engine))
     with pytest.raises(RatingloopError, match=r"'kto' dataset, but --method dpo needs 'dpo'"):
         train(engine, "dpo", out_dir=tmp_path / "run", data_dir=tmp_path / "kto", base=tiny_base, cfg=FAST,
               progress=False)

@@ -25,6 +25,7 @@ from ratingloop.errors import ConfigError, RatingloopError
 from ratingloop.models import generate, load_for_generation
 from ratingloop.models.registry import get_run, list_versions
 from ratingloop.pipeline_config import load_section
+from ratingloop.signals import record_signals
 from ratingloop.train import TrainConfig, resume, train
 from ratingloop.train.config import METHOD_DEFAULTS
 
@@ -53,7 +54,7 @@ CHILD = textwrap.dedent("""
 
 @pytest.fixture
 def sft_data(engine: Engine, tmp_path: Path) -> Path:
-    build_dataset(engine, "sft", tmp_path / "sft", BuildConfig())
+    build_dataset(engine, "sft", tmp_path / "sft", BuildConfig(), record_signals(engine))
     return tmp_path / "sft"
 
 

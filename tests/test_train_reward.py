@@ -23,7 +23,9 @@ from transformers import TrainerCallback
 
 from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.errors import RatingloopError
+from ratingloop.loop import train_from_store
 from ratingloop.models.registry import get_run, list_runs, list_versions
+from ratingloop.signals import record_signals
 from ratingloop.train import TrainConfig, resume, train
 from ratingloop.train.scoring import CARD, load_scorer, pair_accuracy, regression_figures, thurstone_sd
 from tiny import tiny_causal_lm, tiny_tokenizer
@@ -158,8 +160,9 @@ def test_from_the_example_store_registers_a_candidate_with_held_out_figures(engi
     base_hash = sha256(tiny_base / "model.safetensors")
     out = tmp_path / "rm"
     # bf16 here (the default): the figures are measured, and the scorer scores, under bf16 autocast
-    result = train(engine, "reward", out_dir=out, base=tiny_base, cfg=replace(FAST, max_steps=3, bf16=True),
-                   progress=False)
+    result = train_from_store(engine, "reward", out_dir=out, base=tiny_base,
+                              cfg=replace(FAST, max_steps=3, bf16=True),
+                              progress=False)
 
     figures = {"eval_mse", "eval_rmse", "eval_pearson", "eval_spearman", "eval_pair_accuracy", "reward_sd"}
     assert figures <= result.metrics.keys() and result.metrics["steps"] == 3
@@ -239,7 +242,7 @@ def test_bad_input_stops_before_training(case: str, message: str, backbone: str,
                                          tmp_path: Path) -> None:
     data = tmp_path / case
     if case == "sft":
-        build_dataset(engine, "sft", data, BuildConfig())
+        build_dataset(engine, "sft", data, BuildConfig(), record_signals(engine))
     elif case == "empty":
         save_rows(data, [], [], "reward")
     else:

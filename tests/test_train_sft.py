@@ -16,8 +16,10 @@ from sqlalchemy import Engine
 
 from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.errors import RatingloopError
+from ratingloop.loop import train_from_store
 from ratingloop.models import ModelLoadError, generate, load_for_generation
 from ratingloop.models.registry import list_runs, list_versions
+from ratingloop.signals import record_signals
 from ratingloop.train import TrainConfig, train
 from train_support import EXAMPLE, sha256
 
@@ -32,7 +34,7 @@ def test_sft_trains_saves_and_registers_a_candidate(engine: Engine, tiny_base: P
 
     base_hash = sha256(tiny_base / "model.safetensors")
     out = tmp_path / "run"
-    result = train(engine, "sft", out_dir=out, base=tiny_base, cfg=FAST, progress=False)
+    result = train_from_store(engine, "sft", out_dir=out, base=tiny_base, cfg=FAST, progress=False)
 
     # the loss is finite, recorded, and falls over the steps
     m = result.metrics
@@ -90,7 +92,7 @@ def test_empty_data_dir_stops_before_training(engine: Engine, tiny_base: Path, t
 
 
 def test_wrong_format_data_dir_is_named(engine: Engine, tiny_base: Path, tmp_path: Path) -> None:
-    build_dataset(engine, "kto", tmp_path / "kto", BuildConfig())
+    build_dataset(engine, "kto", tmp_path / "kto", BuildConfig(), record_signals(engine))
     with pytest.raises(RatingloopError, match=r"'kto' dataset, but --method sft needs 'sft'"):
         train(engine, "sft", out_dir=tmp_path / "run", data_dir=tmp_path / "kto", base=tiny_base, cfg=FAST,
               progress=False)
@@ -100,7 +102,8 @@ def test_wrong_format_data_dir_is_named(engine: Engine, tiny_base: Path, tmp_pat
 def test_base_that_cannot_load_stops_before_training(engine: Engine, tmp_path: Path) -> None:
     (tmp_path / "not-a-model").mkdir()
     with pytest.raises(ModelLoadError, match="neither config.json"):
-        train(engine, "sft", out_dir=tmp_path / "run", base=tmp_path / "not-a-model", cfg=FAST, progress=False)
+        train_from_store(engine, "sft", out_dir=tmp_path / "run", base=tmp_path / "not-a-model", cfg=FAST,
+                         progress=False)
     assert "neither config.json" in assert_failed_without_version(engine)
 
 
@@ -117,7 +120,7 @@ def test_existing_adapter_folder_is_not_overwritten(engine: Engine, tiny_base: P
     out.mkdir()
     (out / "adapter_config.json").write_text("{}")
     with pytest.raises(RatingloopError, match="already holds a model"):
-        train(engine, "sft", out_dir=out, base=tiny_base, cfg=FAST, progress=False)
+        train_from_store(engine, "sft", out_dir=out, base=tiny_base, cfg=FAST, progress=False)
     assert list_runs(engine) == []
 
 

@@ -18,6 +18,7 @@ import torch
 from sqlalchemy import Engine
 
 from ratingloop.errors import RatingloopError
+from ratingloop.loop import train_from_store
 from ratingloop.models import generate, load_for_generation
 from ratingloop.models.registry import list_runs, list_versions
 from ratingloop.train import TrainConfig, train
@@ -98,7 +99,7 @@ def test_full_fine_tuning_pushes_against_a_frozen_copy(engine: Engine, tiny_base
     """Built from the store, every weight trains; the reference is the base as it was (log-ratio 0 at step 1)."""
     out = tmp_path / "full"
     cfg = replace(FAST, lora=False, learning_rate=1e-3, max_steps=2, bf16=False)  # fp32: log-ratio 0 at step 1
-    result = train(engine, "wsft", out_dir=out, base=tiny_base, cfg=cfg, progress=False)
+    result = train_from_store(engine, "wsft", out_dir=out, base=tiny_base, cfg=cfg, progress=False)
     assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()
     logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     first = next(x for x in logged if x.get("step") == 1 and "loss" in x)

@@ -120,10 +120,10 @@ def _walk_through(base: str, db: str, out: Console) -> None:
     out.print(table)
 
     step("The rater model: one debiased reward per interaction (ratingloop signals / raters)")
-    from ratingloop.signals.report import compute_signals
+    from ratingloop.signals import record_signals
     from ratingloop.store import open_engine
 
-    result = compute_signals(open_engine(db))
+    result = record_signals(open_engine(db))  # recorded: the build and training below read this run
     raters = Table("rater", "ratings", "bias", "scale", "reliability", "flagged")
     for rater in sorted(result.raters, key=lambda x: -x.n)[:6]:
         raters.add_row(rater.rater_id, str(rater.n), f"{rater.bias:+.2f}", f"{rater.scale:.2f}",
@@ -143,10 +143,11 @@ HELD_OUT = 3
 def _train_and_compare(db: str, tmp: Path, out: Console, err: Console) -> None:
     from datasets import load_from_disk
 
+    from ratingloop.loop import train_from_store
     from ratingloop.models import generate, load_for_generation, pull_default_model
     from ratingloop.models.generate import Prompt
     from ratingloop.store import open_engine
-    from ratingloop.train import TrainConfig, train
+    from ratingloop.train import TrainConfig
     from ratingloop.train.scoring import load_scorer
 
     step = _Steps(out, start=9)
@@ -156,17 +157,17 @@ def _train_and_compare(db: str, tmp: Path, out: Console, err: Console) -> None:
     out.print(f"{base}")
 
     step(f"Train KTO on it from the debiased rewards, {DEMO_STEPS} steps (ratingloop train --method kto)")
-    kto = train(engine, "kto", out_dir=tmp / "kto-1",
-                cfg=TrainConfig.for_method("kto", max_steps=DEMO_STEPS, learning_rate=DEMO_LR, logging_steps=1,
-                                          save_steps=0))
+    kto = train_from_store(engine, "kto", out_dir=tmp / "kto-1",
+                           cfg=TrainConfig.for_method("kto", max_steps=DEMO_STEPS, learning_rate=DEMO_LR,
+                                                      logging_steps=1, save_steps=0))
     m = kto.metrics
     out.print(f"candidate {kto.version_id}: {m['train_rows']} answers, {m['steps']} steps, "
               f"loss {m['first_loss']:.3f} -> {m['last_loss']:.3f}, {m['tokens_per_s']:.0f} tokens/s")
 
     step("A reward model on the same rewards, on frozen sentence embeddings "
          "(ratingloop train --method reward --set train.reward_backbone=embed)")
-    rm = train(engine, "reward", out_dir=tmp / "rm-1",
-               cfg=TrainConfig.for_method("reward", reward_backbone="embed"), progress=False)
+    rm = train_from_store(engine, "reward", out_dir=tmp / "rm-1",
+                          cfg=TrainConfig.for_method("reward", reward_backbone="embed"), progress=False)
     out.print(f"reward model {rm.version_id}: " + ", ".join(
         f"{k} {v:.2f}" for k, v in rm.metrics.items() if k.startswith("eval_") and isinstance(v, float)))
 

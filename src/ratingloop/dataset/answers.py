@@ -1,15 +1,16 @@
-"""Stage 4, dataset (`ratingloop build`): the store and the signals -> the answers and corrections a format chooses from.
+"""Stage 4, dataset (`ratingloop build`): a signals run and the store -> the answers and corrections to choose from.
 
-Reads `interactions` and `ratings` through SQLAlchemy Core and the `SignalsResult` of
-`ratingloop.signals.report.compute_signals` (rewards with confidence; flagged raters). Writes nothing.
+Reads a recorded signals run (`ratingloop.signals.StoredSignals`: rewards with confidence, and the
+ratings that counted) and, through SQLAlchemy Core, the `interactions` and the counted `ratings`
+rows (kind, correction text, source). Writes nothing.
 
 - Each rated interaction becomes an `Answer` with its reward's sd, `prior_sd * (1 - confidence)`.
-- Ratings of flagged raters never enter a build: signals already left them out of the rewards, and
-  here their corrections and rating ids are left out too. Deleted users are gone from the store.
+- Only the ratings the signals run counted enter a build (its one rule: the latest per rater,
+  interaction, aspect and channel, flagged raters left out), so corrections and rating ids come from
+  exactly the ratings behind the rewards. Deleted users are gone from the store and from the run.
 - Identical (prompt, response) answers are merged (de-duplication): the merged reward is the
   precision-weighted mean and its sd shrinks as 1/sqrt(sum of precisions), as for independent
   measurements of one quantity. Without this, a popular canned answer would count many times.
-- Only the latest rating per (interaction, rater, aspect, kind) counts, as in signals.
 - An answer only a reward model rated (source "judge", from `ratingloop label`) is `judged`: its
   confidence is scaled by `judge_weight` (0 drops it) and its sd grows to match, so the builders'
   thresholds treat a machine's guess as weaker evidence than a person's.
@@ -26,7 +27,7 @@ from sqlalchemy import Connection, Engine, select
 from ratingloop.dataset.config import BuildConfig
 from ratingloop.dataset.rows import Answer, Correction, FilterLog, Message, prompt_key
 from ratingloop.dataset.scrub import scrub, scrub_messages
-from ratingloop.signals.report import SignalsResult
+from ratingloop.signals import StoredSignals
 from ratingloop.store import tables as t
 
 CHUNK = 500  # ids per IN (...) query; SQLite caps bound parameters
@@ -42,24 +43,23 @@ class Pool:
     n_scrubbed: int = 0  # answers or corrections whose text PII scrubbing changed
 
 
-def load_pool(engine: Engine, signals: SignalsResult, cfg: BuildConfig) -> Pool:
+def load_pool(engine: Engine, signals: StoredSignals, cfg: BuildConfig) -> Pool:
     """Answers (merged when identical) and corrections, with every drop recorded in `pool.log`."""
-    flagged = {r.rater_id for r in signals.raters if r.flagged}
     sds = reward_sds(signals, cfg)
     pool = Pool(n_interactions=len(signals.interactions))
     ids = [s.interaction_id for s in signals.interactions]
     with engine.connect() as conn:
         convo = _interactions(conn, ids)
-        ratings = _latest_ratings(conn, ids, flagged)
+        ratings = _counted_ratings(conn, signals.counted)
 
     singles: list[Answer] = []
     corrections: list[tuple[str, str, str]] = []  # (interaction id, rating id, text)
     no_ratings = empty = judge_only = 0
-    prior_sd = cfg.reward_prior_sd or float(signals.fit.mu_a)
+    prior_sd = cfg.reward_prior_sd or float(signals.summary["mu_a"])
     for s in signals.interactions:
         used = ratings.get(s.interaction_id, [])
-        if s.n_ratings == 0 or not used:
-            no_ratings += 1  # every rating came from a flagged rater: the reward is only the prior
+        if s.n_ratings == 0 or not used or s.interaction_id not in convo:
+            no_ratings += 1  # every rating came from a flagged rater (the reward is only the prior), or deleted
             continue
         judged = all(source == "judge" for _, _, _, source in used)
         confidence, sd = s.confidence, sds[s.interaction_id]
@@ -89,12 +89,12 @@ def load_pool(engine: Engine, signals: SignalsResult, cfg: BuildConfig) -> Pool:
     return pool
 
 
-def reward_sds(signals: SignalsResult, cfg: BuildConfig) -> dict[str, float]:
+def reward_sds(signals: StoredSignals, cfg: BuildConfig) -> dict[str, float]:
     """Per interaction, the reward's sd: the population sd of rewards (reward units) times (1 - confidence),
     confidence being 1 - posterior sd / population sd of quality. The population sd is mu_a from the fit,
     since reward = mu_a * quality + mu_b and quality is standardised (a content prior, where one was
     used, is already inside the posterior)."""
-    prior_sd = cfg.reward_prior_sd or float(signals.fit.mu_a)
+    prior_sd = cfg.reward_prior_sd or float(signals.summary["mu_a"])
     return {s.interaction_id: max(prior_sd * (1.0 - s.confidence), SD_FLOOR) for s in signals.interactions}
 
 
@@ -144,22 +144,13 @@ def _interactions(conn: Connection, ids: list[str]) -> dict[str, tuple[list[Mess
     return out
 
 
-def _latest_ratings(conn: Connection, ids: list[str],
-                    flagged: set[str]) -> dict[str, list[tuple[str, str, str, str]]]:
-    """Per interaction: (rating id, kind, text, source) of the latest rating per (rater, aspect, kind), flagged
-    raters left out. Read in arrival order, so a later rating overwrites an earlier one."""
+def _counted_ratings(conn: Connection, counted: dict[str, list[str]]) -> dict[str, list[tuple[str, str, str, str]]]:
+    """Per interaction: (rating id, kind, text, source) of each rating the signals run counted, in its order.
+    A rating deleted since the run (its user was deleted) is simply not found."""
     r = t.ratings.c
-    latest: dict[tuple[str, str, str, str], tuple[str, str, str, str]] = {}
+    ids = [rid for rids in counted.values() for rid in rids]
+    found: dict[str, tuple[str, str, str, str]] = {}
     for k in range(0, len(ids), CHUNK):
-        query = (select(r.id, r.interaction_id, r.rater_id, r.kind, r.aspect, r.text, r.source)
-                 .where(r.interaction_id.in_(ids[k:k + CHUNK])).order_by(r.created_at, r.id))
-        for row in conn.execute(query):
-            rater = row.rater_id if row.rater_id is not None else f"?{row.id}"
-            if rater in flagged:
-                continue
-            latest[(row.interaction_id, rater, row.aspect, row.kind)] = (row.id, row.kind, row.text or "",
-                                                                         row.source or "")
-    out: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)
-    for (iid, _, _, _), value in sorted(latest.items()):
-        out[iid].append(value)
-    return out
+        for row in conn.execute(select(r.id, r.kind, r.text, r.source).where(r.id.in_(ids[k:k + CHUNK]))):
+            found[row.id] = (row.id, row.kind, row.text or "", row.source or "")
+    return {iid: [found[rid] for rid in rids if rid in found] for iid, rids in counted.items()}

@@ -5,7 +5,8 @@ each interaction a reward in [-1, 1] and a confidence in [0, 1] (1 - posterior s
 quality), so a reward's standard deviation is `prior_sd * (1 - confidence)` in reward units. An answer
 is "confidently good" when `reward - z * sd` clears a bar, and two answers make a DPO pair when their
 gap exceeds `pair_z * sqrt(sd1**2 + sd2**2)`. A single thumbs from an unknown rater therefore rarely
-passes, while agreeing ratings from reliable raters do.
+passes, while agreeing ratings from reliable raters do. The rewards come from a recorded signals
+run; how they are fitted (the content prior included) is `ratingloop signals`' business, not the build's.
 """
 
 from __future__ import annotations
@@ -14,16 +15,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ratingloop.errors import ConfigError
-from ratingloop.signals.content import MODES
 
 FORMATS = ("sft", "kto", "dpo", "reward", "weighted")
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    # --- signals ---------------------------------------------------------------------------------
-    content_prior: str = "auto"  # auto | on | off: the content model as quality prior (signals.content);
-    # auto turns it on where most interactions are rated once and there are enough ratings to learn from
     # --- uncertainty ---------------------------------------------------------------------------
     z: float = 1.0  # one-sided sds a reward's bound must clear for sft/kto (1.0: ~84% sure)
     reward_prior_sd: float | None = None  # reward sd at confidence 0; None: from the signals fit
@@ -67,8 +64,6 @@ class BuildConfig:
             problems.append(f"eval_fraction={self.eval_fraction} must lie in [0, 1)")
         if self.reward_prior_sd is not None and self.reward_prior_sd <= 0:
             problems.append(f"reward_prior_sd={self.reward_prior_sd} must be > 0 (or unset to take it from the fit)")
-        if self.content_prior not in MODES:
-            problems.append(f"content_prior={self.content_prior!r} must be one of {', '.join(MODES)}")
         if self.max_pairs_per_prompt < 1:
             problems.append(f"max_pairs_per_prompt={self.max_pairs_per_prompt} must be >= 1")
         if problems:

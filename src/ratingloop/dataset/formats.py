@@ -14,7 +14,7 @@ their own (reward). DPO pairs live in pairs.py.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ratingloop.dataset.answers import Pool
 from ratingloop.dataset.config import BuildConfig
@@ -95,10 +95,16 @@ def _corrections(pool: Pool, cfg: BuildConfig, log: FilterLog, make: Callable[[C
 
 
 def kto_weights(rows: list[Row]) -> dict[str, Any]:
-    """TRL's KTOTrainer weights for the class balance of `rows` (the train split): the larger class
-    keeps weight 1 and the smaller one is raised so the weighted ratio is KTO_TARGET_RATIO."""
-    n_des = sum(1 for r in rows if r.data["label"])
-    n_und = len(rows) - n_des
+    """TRL's KTOTrainer weights for the class balance of `rows` (the train split)."""
+    return kto_class_weights([bool(r.data["label"]) for r in rows])
+
+
+def kto_class_weights(labels: Sequence[bool]) -> dict[str, Any]:
+    """TRL's KTOTrainer weights for a class balance (True: desirable): the larger class keeps weight 1 and
+    the smaller one is raised so that desirable_weight * n_desirable / (undesirable_weight * n_undesirable)
+    is KTO_TARGET_RATIO. Returns desirable_weight, undesirable_weight, n_desirable, n_undesirable, rule."""
+    n_des = sum(1 for label in labels if label)
+    n_und = len(labels) - n_des
     des, und = 1.0, 1.0
     if n_des and n_und and n_des >= n_und:
         und = n_des / (KTO_TARGET_RATIO * n_und)

@@ -1,4 +1,4 @@
-"""Stage 4, dataset (`ratingloop build`): answers -> DPO preference pairs {"prompt", "chosen", "rejected"} (conversational).
+"""Stage 4, dataset (`ratingloop build`): answers -> DPO preference pairs {"prompt", "chosen", "rejected"}.
 
 Two answers to the same prompt form a pair only when their reward gap is one the uncertainty
 supports: gap > pair_z * sqrt(sd1**2 + sd2**2) (the gap's own sd, the rewards being independent

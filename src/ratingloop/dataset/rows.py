@@ -1,4 +1,4 @@
-"""Stage 4, dataset (`ratingloop build`): the typed rows that flow between the build steps, and the log of what was dropped.
+"""Stage 4, dataset (`ratingloop build`): the typed rows between the build steps, and the log of what was dropped.
 
 `Answer` is one distinct (prompt, response) with its reward and the reward's sd; `Correction` is a
 rater's better answer to one of them. A format turns these into `Row`s: the exact columns written,

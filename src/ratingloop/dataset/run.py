@@ -1,10 +1,14 @@
-"""Stage 4, dataset (`ratingloop build`): `ratingloop build --format sft|kto|dpo|reward|weighted --out DIR`, top to bottom.
+"""Stage 4, dataset: `ratingloop build --format sft|kto|dpo|reward|weighted --out DIR`, top to bottom.
 
-    result = build_dataset(engine, "dpo", Path("data/dpo"), BuildConfig())
+    result = build_dataset(engine, "dpo", Path("data/dpo"), BuildConfig())   # the newest signals run
+    result = build_dataset(engine, "kto", out, cfg, signals=load_signals(engine, run_id))
 
-Reads the store and the signals (computed here unless the caller passes them), writes DIR (see
-write.py) and one `dataset_snapshots` row. A build that yields no rows raises RatingloopError naming
-the filters that removed them; a legal but small one logs a warning and lists it in the manifest.
+Reads a recorded signals run (the newest unless the caller passes one; `ratingloop signals` records
+them - a build never fits the rater model) and the store's texts, writes DIR (see write.py) and one
+`dataset_snapshots` row naming the signals run. The manifest lists exactly the counted ratings behind
+its rows and each split's prompt keys (what evaluation holds out). A build that yields no rows raises
+RatingloopError naming the filters that removed them; a legal but small one, or one from a signals
+run older than the newest ratings, logs a warning and lists it in the manifest.
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ from ratingloop.dataset.formats import BUILDERS, kto_weights
 from ratingloop.dataset.pairs import dpo_rows
 from ratingloop.dataset.rows import FilterLog, Row
 from ratingloop.dataset.split import dedupe_rows, split_rows
-from ratingloop.dataset.write import content_hash, git_revision, record_snapshot, write_manifest, write_splits
+from ratingloop.dataset.write import content_hash, record_snapshot, write_manifest, write_splits
 from ratingloop.errors import RatingloopError
-from ratingloop.signals.content import ContentConfig
-from ratingloop.signals.report import SignalsConfig, SignalsResult, compute_signals
+from ratingloop.provenance import git_revision
+from ratingloop.signals import StoredSignals, load_signals, ratings_since
 from ratingloop.store.writes import new_id
 
 log = logging.getLogger(__name__)
@@ -56,12 +60,13 @@ class BuildResult:
 
 
 def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
-                  signals: SignalsResult | None = None) -> BuildResult:
-    """Build the `fmt` training set from the store into `out_dir` and record its snapshot."""
+                  signals: StoredSignals | None = None) -> BuildResult:
+    """Build the `fmt` training set into `out_dir` from `signals` (default: the newest recorded run) and
+    record its snapshot."""
     check_format(fmt)
     cfg.validate()
     if signals is None:
-        signals = compute_signals(engine, SignalsConfig(content=ContentConfig(mode=cfg.content_prior)))
+        signals = load_signals(engine)
     pool = load_pool(engine, signals, cfg)
     filters = FilterLog(dict(pool.log.removed), dict(pool.log.why))
 
@@ -73,7 +78,7 @@ def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
         raise RatingloopError(f"build --format {fmt}: 0 {UNIT[fmt]} from {pool.n_interactions} rated interactions: "
                               f"{filters.explain()}. {HINT[fmt]}")
     train, eval_ = split_rows(rows, cfg.eval_fraction, cfg.split_salt)
-    warnings = _warnings(fmt, train, eval_, cfg)
+    warnings = _warnings(fmt, train, eval_, cfg) + _stale(engine, signals)
     for w in warnings:
         log.warning("build %s: %s", fmt, w)
 
@@ -83,7 +88,7 @@ def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
     manifest = _manifest(fmt, snapshot_id, created_at, pool, filters, train, eval_, cfg, signals, warnings)
     write_splits(out_dir, train, eval_)
     write_manifest(out_dir, manifest)
-    record_snapshot(engine, snapshot_id, created_at, out_dir, manifest)
+    record_snapshot(engine, snapshot_id, created_at, out_dir, manifest, signals.run_id)
     log.info("build %s: %d interactions -> %d answers, %d corrections -> %d %s (train %d, eval %d); removed: %s",
              fmt, pool.n_interactions, len(pool.answers), len(pool.corrections), len(rows), UNIT[fmt], len(train),
              len(eval_), filters.explain())
@@ -103,10 +108,22 @@ def _warnings(fmt: str, train: list[Row], eval_: list[Row], cfg: BuildConfig) ->
     return out
 
 
+def _stale(engine: Engine, signals: StoredSignals) -> list[str]:
+    """A warning when ratings arrived after the signals run this build reads: legal (a build is
+    reproducible from a named run), but the newest ratings are not in it."""
+    n = ratings_since(engine, signals)
+    if not n:
+        return []
+    when = signals.last_rating_at.isoformat() if signals.last_rating_at else "none"
+    return [f"{n} rating(s) arrived after signals run {signals.run_id} (newest it read: {when}) and are not in "
+            "this build; run `ratingloop signals` to record a new run, then build again"]
+
+
 def _manifest(fmt: str, snapshot_id: str, created_at: datetime, pool: Pool, filters: FilterLog, train: list[Row],
-              eval_: list[Row], cfg: BuildConfig, signals: SignalsResult, warnings: list[str]) -> dict[str, Any]:
+              eval_: list[Row], cfg: BuildConfig, signals: StoredSignals, warnings: list[str]) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "snapshot_id": snapshot_id,
+        "signals_run_id": signals.run_id,
         "format": fmt,
         "created_at": created_at.isoformat(),
         "ratingloop_version": ratingloop.__version__,
@@ -116,14 +133,16 @@ def _manifest(fmt: str, snapshot_id: str, created_at: datetime, pool: Pool, filt
         "prompts": {"train": len({r.prompt_key for r in train}), "eval": len({r.prompt_key for r in eval_})},
         "inputs": {"rated_interactions": pool.n_interactions, "answers": len(pool.answers),
                    "corrections": len(pool.corrections),
-                   "flagged_raters": sorted(r.rater_id for r in signals.raters if r.flagged),
-                   "content_prior": signals.content},
+                   "flagged_raters": sorted(signals.flagged), "content_prior": signals.content},
         "filters": filters.as_list(),
         "pii_scrubbed": pool.n_scrubbed if cfg.scrub_pii else None,
         "content_hash": content_hash(train, eval_),
         "config": cfg.as_dict(),
         "warnings": warnings,
+        # exactly the ratings the signals run counted behind these rows, and the prompts each split holds
+        # (evaluation holds out prompts in no training set: `ratingloop.dataset.prompt_key` of a prompt)
         "rating_ids": sorted({rid for r in (*train, *eval_) for rid in r.rating_ids}),
+        "prompt_keys": {"train": sorted({r.prompt_key for r in train}), "eval": sorted({r.prompt_key for r in eval_})},
     }
     if fmt == "kto":
         manifest["kto"] = kto_weights(train)  # pass these to KTOConfig(desirable_weight=..., undesirable_weight=...)

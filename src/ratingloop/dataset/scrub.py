@@ -1,4 +1,4 @@
-"""Stage 4, dataset (`ratingloop build`): optional PII scrubbing of prompts and completions before they enter a training set.
+"""Stage 4, dataset (`ratingloop build`): optional PII scrubbing of prompts and completions before training.
 
 Regexes, not a model: emails and phone numbers are the PII that support chats leak most, and a regex
 is fast, offline and auditable. Matches become [EMAIL] / [PHONE] so the model learns the shape of an

@@ -4,15 +4,15 @@ Writes, under the output folder:
     train/, eval/            `datasets.Dataset.save_to_disk` (load with `datasets.load_from_disk`)
     train.jsonl, eval.jsonl  the same rows, one JSON object a line (what the content hash covers)
     manifest.json            format, counts, filters and what each removed, hash, config, rating ids
-and records one `dataset_snapshots` row (SQLAlchemy Core) whose manifest is the same document, so
-`ratingloop train` and the registry can say which ratings trained a version.
+and records one `dataset_snapshots` row (SQLAlchemy Core) whose manifest is the same document and
+which names the signals run it was built from, so `ratingloop train` and the registry can say which
+ratings trained a version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -57,20 +57,10 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def record_snapshot(engine: Engine, snapshot_id: str, created_at: datetime, out_dir: Path,
-                    manifest: dict[str, Any]) -> None:
+                    manifest: dict[str, Any], signals_run_id: str | None = None) -> None:
     table = t.DatasetSnapshot.__table__
     with write_transaction(engine) as conn:
         conn.execute(insert(table).values(  # type: ignore[arg-type]
             id=snapshot_id, created_at=created_at, format=manifest["format"], content_hash=manifest["content_hash"],
             path=str(out_dir.resolve()), n_rows=manifest["rows"]["train"] + manifest["rows"]["eval"],
-            config=manifest["config"], manifest=manifest))
-
-
-def git_revision() -> str | None:
-    """The source revision this build ran from, when the package runs from a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+            config=manifest["config"], manifest=manifest, signals_run_id=signals_run_id))

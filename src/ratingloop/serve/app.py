@@ -28,10 +28,18 @@ from ratingloop.errors import FieldError, InvalidInput
 from ratingloop.serve.auth import Caller, TokenSigner, authenticate
 from ratingloop.serve.errors import BodyLimit, error_response, install_error_handlers, json_response
 from ratingloop.serve.writer import GroupWriter
-from ratingloop.store import InteractionIn, Limits, RatingIn, UnitResult, WriteUnit, delete_user, open_engine
-from ratingloop.store.jsonl import export_rating
+from ratingloop.store import (
+    InteractionIn,
+    Limits,
+    RatingIn,
+    UnitResult,
+    WriteUnit,
+    delete_user,
+    export_rating,
+    open_engine,
+    store_stats,
+)
 from ratingloop.store.records import clean_interaction, clean_rating, pydantic_errors
-from ratingloop.store.stats import store_stats
 from ratingloop.store.writes import new_id
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,19 @@ prior.py         ContentPrior: the seam where a content reward model supplies a 
 content.py       the cross-fitted content prior (sentence embeddings + BayesianRidge), on by default
                  where most interactions are rated once
 load.py          the store's ratings as arrays
-report.py        compute_signals(engine) -> InteractionSignal and RaterSignal rows
+report.py        compute_signals(engine) -> InteractionSignal and RaterSignal rows, the ratings that counted
+runs.py          record_signals(engine) fits once and stores the run; load_signals(engine) reads it back
+                 (what build, raters, evaluation and the loop use: they never refit)
 
-Importing this package loads numpy and scipy only, never torch (the content prior loads scikit-learn
-and the sentence encoder when it runs).
+Importing this package loads numpy, scipy and the store's tables only, never torch (the content prior
+loads scikit-learn and the sentence encoder when it runs). Other stages import from here:
+`record_signals`, `load_signals`, `StoredSignals`, `SignalsConfig`, `InteractionSignal`, `RaterSignal`, and
+`RawRatings` (the arrays the rater model reads; the simulator writes them).
 """
+
+from ratingloop.signals.observations import RawRatings
+from ratingloop.signals.report import InteractionSignal, RaterSignal, SignalsConfig
+from ratingloop.signals.runs import StoredSignals, latest_run_id, load_signals, ratings_since, record_signals
+
+__all__ = ["InteractionSignal", "RaterSignal", "RawRatings", "SignalsConfig", "StoredSignals", "latest_run_id",
+           "load_signals", "ratings_since", "record_signals"]

@@ -8,7 +8,8 @@ Nothing is written to the store here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 from sqlalchemy import Engine, select
@@ -25,13 +26,15 @@ class LoadedRatings:
     rater_ids: list[str]  # rater index -> rater id
     topic: np.ndarray  # int (n_items,): index into topic_names, -1 where the interaction has no topic
     topic_names: tuple[str, ...]
+    rating_ids: list[str] = field(default_factory=list)  # row index -> rating id (empty: arrays not from a store)
+    last_rating_at: datetime | None = None  # the newest rating read (created_at)
 
 
 def load_ratings(engine: Engine, topic_tag: str = "topic") -> LoadedRatings:
     """Every stored rating, oldest first. A rating without a rater id counts as its own rater."""
     r = t.ratings.c
     query = select(r.id, r.interaction_id, r.rater_id, r.kind, r.aspect, r.value, r.scale_min, r.scale_max,
-                   r.signal, r.text).order_by(r.created_at, r.id)
+                   r.signal, r.text, r.created_at).order_by(r.created_at, r.id)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
         item_ids = sorted({row.interaction_id for row in rows})
@@ -61,7 +64,8 @@ def load_ratings(engine: Engine, topic_tag: str = "topic") -> LoadedRatings:
     topic_names = tuple(sorted({x for x in topics if x is not None}))
     topic_index = {name: k for k, name in enumerate(topic_names)}
     topic = np.asarray([topic_index[x] if x is not None else -1 for x in topics], np.int64)
-    return LoadedRatings(raw=raw, interaction_ids=item_ids, rater_ids=rater_ids, topic=topic, topic_names=topic_names)
+    return LoadedRatings(raw=raw, interaction_ids=item_ids, rater_ids=rater_ids, topic=topic, topic_names=topic_names,
+                         rating_ids=[row.id for row in rows], last_rating_at=rows[-1].created_at if rows else None)
 
 
 def _tags(conn: object, item_ids: list[str], chunk: int = 500) -> dict[str, dict]:

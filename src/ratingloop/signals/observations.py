@@ -8,7 +8,9 @@ scale, implicit signal, comment text, arrival order) and writes `Observations`:
 - weak: implicit signals, comment sentiment and corrections; they nudge quality, never rater params.
 - aspect: per-aspect rewards, kept so each interaction also gets a reward per aspect.
 Only the latest rating counts per (rater, interaction, aspect, channel): a later rating supersedes
-an earlier one, as DESIGN.md's store section says; history stays in the store.
+an earlier one, as DESIGN.md's store section says; history stays in the store. `latest` is the one
+definition of that rule: the ratings it keeps (flagged raters' left out) are what a signals run
+records as counted and what every later stage (dataset manifests included) uses.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def observations(
 ) -> Observations:
     """Supersede, normalise and split raw ratings into the model's channels (see the module doc)."""
     implicit = implicit or ImplicitRewards()
-    keep = _latest(raw)
+    keep = latest(raw)
     kind, aspect = np.asarray(raw.kind)[keep], np.asarray(raw.aspect)[keep]
     rater, item = np.asarray(raw.rater, np.int64)[keep], np.asarray(raw.item, np.int64)[keep]
     signal = [raw.signal[i] for i in keep] if raw.signal is not None else None
@@ -125,7 +127,7 @@ def quantisation_var(value: np.ndarray, scale_min: np.ndarray, scale_max: np.nda
     return out
 
 
-def _latest(raw: RawRatings) -> np.ndarray:
+def latest(raw: RawRatings) -> np.ndarray:
     """Indices of the ratings that count: the last per (rater, item, aspect, channel), in row order.
 
     Channels: every deliberate rating kind is one channel (a stars rating replaces an earlier

@@ -2,7 +2,9 @@
 
 Reads the store (`load_ratings`) or arrays, runs normalise -> observations -> rater model with troll
 exclusion, and returns typed rows: `InteractionSignal` (what `ratingloop signals --out FILE` writes)
-and `RaterSignal` (what `ratingloop raters --json` prints). Writes nothing; the caller decides.
+and `RaterSignal` (what `ratingloop raters --json` prints), plus the ids of the ratings that counted.
+Writes nothing: `signals.runs.record_signals` fits through here once and stores the run for every
+later stage, which reads it back with `load_signals` instead of fitting again.
 
 Where most interactions are rated once (`signals.content.decide`; `SignalsConfig.content.mode`
 "auto", the default), the prior on quality comes from a cross-fitted content model of the stored
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Mapping
 
 import numpy as np
@@ -34,7 +37,7 @@ from ratingloop.signals.content import (
 )
 from ratingloop.signals.load import LoadedRatings, load_ratings
 from ratingloop.signals.normalise import ImplicitRewards
-from ratingloop.signals.observations import DEFAULT_ASPECT_WEIGHTS, Observations, observations
+from ratingloop.signals.observations import DEFAULT_ASPECT_WEIGHTS, Observations, latest, observations
 from ratingloop.signals.prior import ContentPrior
 from ratingloop.signals.raters import ModelConfig, RaterFit
 from ratingloop.signals.trolls import TrollConfig, TrollFlag, fit_excluding_trolls
@@ -81,6 +84,11 @@ class SignalsResult:
     fit: RaterFit
     unrated: list[InteractionSignal] = field(default_factory=list)  # stored but unrated: the content prior only
     content: dict[str, float] | None = None  # the content prior's summary (None: it was off), see signals.content
+    # interaction id -> ids of the ratings that counted (`counted_ratings`); empty when the ratings carry no ids
+    counted: dict[str, list[str]] = field(default_factory=dict)
+    n_ratings: int = 0  # ratings read
+    n_superseded: int = 0  # of those, replaced by a later rating of the same rater, interaction and aspect
+    last_rating_at: datetime | None = None  # the newest rating read
 
 
 def compute_signals(engine: Engine, cfg: SignalsConfig = SignalsConfig(), prior: ContentPrior | None = None,
@@ -118,7 +126,9 @@ def signals_from_loaded(loaded: LoadedRatings, cfg: SignalsConfig = SignalsConfi
         fit, flags = fit_excluding_trolls(obs, cfg.model, cfg.trolls, loaded.topic, loaded.topic_names, mean, var)
     result = SignalsResult(interaction_rows(obs, fit, loaded.interaction_ids), rater_rows(fit, flags, loaded.rater_ids),
                            flags, fit, unrated_rows(cross, fit, len(loaded.interaction_ids)),
-                           dict(cross.summary) if cross is not None else None)
+                           dict(cross.summary) if cross is not None else None,
+                           counted_ratings(loaded, {f.rater for f in flags}), len(loaded.raw.kind), obs.n_superseded,
+                           loaded.last_rating_at)
     log.info("signals: %d ratings -> %d interactions (+%d unrated), %d raters (%d flagged, %d superseded ratings "
              "ignored)", len(loaded.raw.kind), len(result.interactions), len(result.unrated), obs.n_raters, len(flags),
              obs.n_superseded)
@@ -140,6 +150,20 @@ def _fit_with_content(obs: Observations, loaded: LoadedRatings, cfg: SignalsConf
         fit, flags = fit_excluding_trolls(obs, cfg.model, cfg.trolls, loaded.topic, loaded.topic_names,
                                           cross.mean[:n], cross.var[:n])
     return cross, fit, flags
+
+
+def counted_ratings(loaded: LoadedRatings, flagged: set[int]) -> dict[str, list[str]]:
+    """Per interaction, the ids of the ratings that count: the latest per (rater, interaction, aspect,
+    channel) (`observations.latest`, the rule the rater model fitted on), flagged raters left out. The one
+    definition every later stage uses (a dataset's manifest lists exactly these behind its rows)."""
+    if not loaded.rating_ids:
+        return {}
+    out: dict[str, list[str]] = {}
+    rater, item = loaded.raw.rater, loaded.raw.item
+    for k in latest(loaded.raw).tolist():
+        if int(rater[k]) not in flagged:
+            out.setdefault(loaded.interaction_ids[int(item[k])], []).append(loaded.rating_ids[k])
+    return out
 
 
 def unrated_rows(cross: CrossFittedPrior | None, fit: RaterFit, n_rated: int) -> list[InteractionSignal]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ratingloop.signals.observations import RawRatings
+from ratingloop.signals import RawRatings
 from ratingloop.simulate.population import TROLL_KINDS, SimConfig, Truth, make_population
 
 THUMBS, STARS = 0, 1  # kind codes, the positions of "thumbs" and "stars" in store.records.KINDS

@@ -4,10 +4,12 @@ Open it with `open_engine(url)` (migrations run on first use); write only throug
 """
 
 from ratingloop.store.db import open_engine, upgrade, write_transaction
+from ratingloop.store.jsonl import export_rating
 from ratingloop.store.records import CleanInteraction, CleanRating, InteractionIn, Limits, RatingIn
+from ratingloop.store.stats import store_stats
 from ratingloop.store.writes import UnitResult, WriteUnit, delete_user, write_units
 
 __all__ = [
     "CleanInteraction", "CleanRating", "InteractionIn", "Limits", "RatingIn", "UnitResult", "WriteUnit",
-    "delete_user", "open_engine", "upgrade", "write_transaction", "write_units",
+    "delete_user", "export_rating", "open_engine", "store_stats", "upgrade", "write_transaction", "write_units",
 ]

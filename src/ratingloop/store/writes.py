@@ -279,14 +279,18 @@ def _insert_missing(conn: Connection, table: Table, rows: list[dict[str, Any]]) 
 
 
 def delete_user(engine: Engine, user_id: str) -> tuple[int, int]:
-    """Remove a user's interactions (with every rating on them) and every rating they gave, and leave
-    a tombstone so that no later import brings them back. Returns (interactions, ratings) removed."""
+    """Remove a user's interactions (with every rating on them) and every rating they gave, with every
+    signals row derived from them, and leave a tombstone so that no later import brings them back.
+    Returns (interactions, ratings) removed."""
     I, R, D = t.interactions, t.ratings, t.deleted_users
     with write_transaction(engine) as conn:
         theirs = select(I.c.id).where(I.c.user_id == user_id).scalar_subquery()
         n_ratings = conn.execute(delete(R).where((R.c.rater_id == user_id) | R.c.interaction_id.in_(theirs))).rowcount
         n_inter = conn.execute(delete(I).where(I.c.user_id == user_id)).rowcount
         conn.execute(delete(t.raters).where(t.raters.c.id == user_id))
+        # derived rows: their signals_ratings and signals_interactions rows go with the ratings and interactions
+        # (ON DELETE CASCADE); their rater estimates have no such key, so they go here
+        conn.execute(delete(t.signals_raters).where(t.signals_raters.c.rater_id == user_id))
         h = user_hash(user_id)
         previous = conn.execute(select(D.c.interactions_deleted, D.c.ratings_deleted).where(D.c.user_hash == h)).first()
         conn.execute(delete(D).where(D.c.user_hash == h))

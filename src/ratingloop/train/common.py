@@ -1,5 +1,6 @@
 """Stage 5, train: what every recipe's TRL trainer shares - its TrainingArguments, its LoRA config, its base.
 
+    model, tokenizer = load_base(resolved)            # the causal LM in fp32 and its chat tokenizer
     model, tokenizer = load_model(resolved, cfg)      # a recipe's `load_model`: bf16 frozen weights for LoRA
     args = KTOConfig(**trainer_args(cfg, out_dir, progress), desirable_weight=...)
     trainer = fast(quiet(KTOTrainer(model=model, args=args, ..., peft_config=lora_config(cfg))), cfg)
@@ -16,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ratingloop.models import ModelLoadError, ResolvedModel
 from ratingloop.train.config import TrainConfig
 
 
@@ -65,8 +67,6 @@ def lora_config(cfg: TrainConfig, task_type: str = "CAUSAL_LM") -> Any:
 
 def chat_tokenizer(tokenizer: Any, path: Path, reads: str) -> Any:
     """`tokenizer`, checked to have a chat template (what `reads` needs) and padding with eos if it had no pad."""
-    from ratingloop.models.load import ModelLoadError
-
     if not getattr(tokenizer, "chat_template", None):
         raise ModelLoadError(f"--base {path}: the tokenizer has no chat template, and {reads} chat messages; give an "
                              "instruct/chat model")
@@ -87,13 +87,27 @@ def use_bf16(cfg: TrainConfig) -> bool:
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
-def load_model(resolved: Any, cfg: TrainConfig) -> tuple[Any, Any]:
-    """The base and its tokenizer (run.py's `load_base`), its frozen weights cast to bf16 for a LoRA run under
+def load_base(resolved: ResolvedModel) -> tuple[Any, Any]:
+    """The base in fp32 (LoRA weights train in fp32; `cfg.bf16` autocasts the matmuls) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolved.weights_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - any loader failure is reported with the folder
+        raise ModelLoadError(f"--base {path}: cannot load a causal LM and its tokenizer ({type(e).__name__}: {e}); "
+                             "give a Hugging Face model folder, or run `ratingloop model pull` for the default"
+                             ) from e
+    return model, chat_tokenizer(tokenizer, path, "the training rows are")
+
+
+def load_model(resolved: ResolvedModel, cfg: TrainConfig) -> tuple[Any, Any]:
+    """The base and its tokenizer (`load_base`), its frozen weights cast to bf16 for a LoRA run under
     `train.bf16`: autocast would run their matmuls in bf16 anyway, and casting once here saves a cast per
     layer per step and half the memory. The LoRA weights PEFT adds stay fp32, so small updates are not lost
     to rounding; full fine-tuning (train.lora=false) keeps fp32 weights and autocasts."""
-    from ratingloop.train.run import load_base
-
     model, tokenizer = load_base(resolved)
     if cfg.lora and use_bf16(cfg):
         import torch

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ratingloop.errors import RatingloopError
+from ratingloop.errors import ConfigError, RatingloopError
 
 # method -> (the build format it reads, the columns its trainer needs)
 NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -26,6 +26,15 @@ NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "reward": ("reward", ("prompt", "completion", "score")),
     "grpo": ("reward", ("prompt",)),  # only the prompts: GRPO samples its own answers and scores them
 }
+
+
+def dataset_format(method: str) -> str:
+    """The `ratingloop build --format` a method trains on (kto -> kto, wsft -> weighted, dro -> reward, ...)."""
+    if method not in NEEDS:
+        raise ConfigError(f"--method {method!r}: choose one of {', '.join(NEEDS)}")
+    return NEEDS[method][0]
+
+
 # method -> further build formats it reads, by the folder's manifest (or, without one, its columns)
 ALSO_READS: dict[str, tuple[str, ...]] = {"reward": ("dpo",)}
 # what an empty train split lacks, where "collect more ratings" is not the whole story

@@ -11,7 +11,7 @@ the logistic regression picks its regularisation by cross-validation on the trai
 
 `train --method reward` with train.reward_backbone=embed drives it through `EmbedFit`, which answers the
 few calls run.py makes of a transformers Trainer (train, evaluate, state, model.save_pretrained). The
-folder holds head.safetensors (plain arrays, no pickle) and reward_model.json (scoring.CARD).
+folder holds head.safetensors (plain arrays, no pickle) and reward_model.json (reward_card.CARD).
 """
 
 from __future__ import annotations
@@ -27,10 +27,7 @@ import numpy as np
 
 from ratingloop.errors import RatingloopError
 from ratingloop.models.embed import default_cache, embed_pairs, encoder
-from ratingloop.train.reward import PAIRS, REGRESSION, Pairs, Scored
-from ratingloop.train.scoring import (
-    Prompt,
-    as_messages,
+from ratingloop.train.reward_card import (
     pair_accuracy,
     read_card,
     regression_figures,
@@ -38,6 +35,7 @@ from ratingloop.train.scoring import (
     to_scale,
     write_card,
 )
+from ratingloop.train.reward_examples import PAIRS, REGRESSION, Pairs, Prompt, Scored, as_messages
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,7 @@ def make_trainer(model: Any, tokenizer: Any, data: TrainData, cfg: TrainConfig, 
 
 def kto_weights(data: TrainData) -> dict[str, Any]:
     """The manifest's class-balance weights, or the builder's rule applied to the train labels."""
-    from ratingloop.dataset.formats import kto_weights as balance
-    from ratingloop.dataset.rows import Row
+    from ratingloop.dataset import kto_class_weights  # the dataset stage's one class-balance rule
 
     labels = [bool(x) for x in data.train["label"]]
     if all(labels) or not any(labels):
@@ -50,4 +49,4 @@ def kto_weights(data: TrainData) -> dict[str, Any]:
     recorded = data.manifest.get("kto")
     if isinstance(recorded, dict) and {"desirable_weight", "undesirable_weight"} <= recorded.keys():
         return recorded
-    return balance([Row(data={"label": x}, prompt_key="", rating_ids=()) for x in labels])
+    return kto_class_weights(labels)

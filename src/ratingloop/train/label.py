@@ -90,7 +90,7 @@ def reward_model_dir(engine: Engine, given: str | Path | None, fix: str = NO_REW
     """`given`, or the folder of the newest succeeded `train --method reward` run that still holds its model;
     RatingloopError, ending in `fix`, when there is none."""
     from ratingloop.models.registry import list_runs, list_versions
-    from ratingloop.train.scoring import CARD
+    from ratingloop.train.reward_card import CARD
 
     if given:
         return Path(given)

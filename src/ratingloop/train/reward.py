@@ -21,7 +21,8 @@ Bradley-Terry (-log sigmoid(r_chosen - r_rejected)). train.reward_backbone decid
 run.py drives the recipe: `load_model`, `make_trainer`, train, `metrics`, evaluate, save. `metrics`
 scores the eval split once and writes OUT/reward_model.json (backbone, objective, scale, sd, held-out
 figures: MSE, Pearson, Spearman and pairwise accuracy for regression; pairwise accuracy for pairs),
-which is what `load_scorer` reads.
+which is what `load_scorer` reads. The rows both backbones learn from (Scored, Pairs) and their checks are
+in reward_examples.py; the card and the figures in reward_card.py.
 """
 
 from __future__ import annotations
@@ -33,82 +34,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ratingloop.errors import RatingloopError
-from ratingloop.models.load import ModelLoadError, ResolvedModel
+from ratingloop.models import ModelLoadError, ResolvedModel
 from ratingloop.train.common import chat_tokenizer, lora_config, quiet, trainer_args
 from ratingloop.train.config import TrainConfig
 from ratingloop.train.data import TrainData
-from ratingloop.train.scoring import (
-    encode,
-    forward_rewards,
-    pad_id,
-    pair_accuracy,
-    regression_figures,
-    seq_cls_from,
-    thurstone_sd,
-    to_scale,
-    write_card,
-)
+from ratingloop.train.reward_card import pair_accuracy, regression_figures, thurstone_sd, to_scale, write_card
+from ratingloop.train.reward_examples import PAIRS, Pairs, Scored, checked, conversations, objective_of
+from ratingloop.train.scoring import encode, forward_rewards, pad_id, seq_cls_from
 
 log = logging.getLogger(__name__)
 
-REGRESSION, PAIRS = "regression", "bradley_terry"
 CENTER_SAMPLE = 128  # train answers scored after training to centre a Bradley-Terry model's logits
-
-
-# --- the examples, whichever backbone reads them -------------------------------------------------
-
-@dataclass
-class Scored:
-    """Pointwise rows: each prompt's answer (the completion's messages) and its reward in [-1, 1]."""
-    prompts: list[list[dict[str, str]]]
-    completions: list[list[dict[str, str]]]
-    scores: np.ndarray
-
-    def answers(self) -> list[str]:
-        return [c[-1]["content"] for c in self.completions]
-
-
-@dataclass
-class Pairs:
-    """Preference rows: for each prompt, the chosen and the rejected answer (messages)."""
-    prompts: list[list[dict[str, str]]]
-    chosen: list[list[dict[str, str]]]
-    rejected: list[list[dict[str, str]]]
-
-
-def objective_of(data: TrainData) -> str:
-    """Pairs for a dpo folder (data.py lets `reward` read one), regression for a reward folder."""
-    return PAIRS if "chosen" in data.train.column_names else REGRESSION
-
-
-def examples(split: Any, objective: str) -> Scored | Pairs:
-    if objective == PAIRS:
-        return Pairs(list(split["prompt"]), list(split["chosen"]), list(split["rejected"]))
-    return Scored(list(split["prompt"]), list(split["completion"]), np.asarray(split["score"], np.float64))
-
-
-def checked(data: TrainData, objective: str) -> tuple[Scored | Pairs, Scored | Pairs | None]:
-    """The train and eval examples, after the checks that would make training pointless."""
-    train = examples(data.train, objective)
-    fix = f"check the build's filters in {data.data_dir / 'manifest.json'}"
-    if isinstance(train, Scored):
-        if not np.isfinite(train.scores).all() or np.abs(train.scores).max() > 1:
-            raise RatingloopError(f"reward: --data {data.data_dir}: scores must be finite and lie in [-1, 1] (the "
-                                  "reward scale); rebuild it with `ratingloop build --format reward`")
-        if np.ptp(train.scores) < 1e-6:
-            raise RatingloopError(f"reward: every one of the {len(train.scores)} train scores is "
-                                  f"{train.scores[0]:+.3f}; a reward model learns from answers whose rewards differ - "
-                                  f"collect ratings on answers of different quality, or {fix}")
-    else:
-        same = sum(c == r for c, r in zip(train.chosen, train.rejected, strict=True))
-        if len(train.chosen) - same < 2:
-            raise RatingloopError(f"reward: --data {data.data_dir} holds {len(train.chosen) - same} pair(s) whose "
-                                  "chosen and rejected answers differ; Bradley-Terry needs at least 2 - mine more "
-                                  f"pairs (`ratingloop build --format dpo`), or {fix}")
-        if same:
-            log.warning("reward: %d pairs have the same chosen and rejected answer; they teach nothing", same)
-    return train, examples(data.eval, objective) if data.eval is not None else None
 
 
 # --- the recipe protocol (run.py) ----------------------------------------------------------------
@@ -201,13 +137,6 @@ def with_lora(model: Any, cfg: TrainConfig) -> Any:
     model.score.float()  # the head trains in fp32 even over a base stored in bf16: small updates must not round away
     peft_config.modules_to_save = ["score"]
     return get_peft_model(model, peft_config)
-
-
-def conversations(x: Scored | Pairs) -> list[list[dict[str, str]]]:
-    if isinstance(x, Scored):
-        return [p + c for p, c in zip(x.prompts, x.completions, strict=True)]
-    chosen = [p + c for p, c in zip(x.prompts, x.chosen, strict=True)]
-    return chosen + [p + r for p, r in zip(x.prompts, x.rejected, strict=True)]
 
 
 def _regression_trainer(model: Any, tokenizer: Any, train: Scored, eval_: Scored | None, cfg: TrainConfig,

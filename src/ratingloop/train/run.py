@@ -1,9 +1,11 @@
 """Stage 5, train: `ratingloop train --method M`, the run around any recipe, top to bottom.
 
-    result = train(engine, "kto", out_dir=Path("runs/kto-1"), cfg=TrainConfig(max_steps=50))
+    result = train(engine, "kto", out_dir=Path("runs/kto-1"), data_dir=Path("data/kto"),
+                   cfg=TrainConfig(max_steps=50))
     generate(str(result.out_dir), prompts)  # the adapter loads like any model reference
 
-Reads the method's built dataset (`--data DIR`, or built from the store into OUT/data), the base model
+Reads the method's built dataset (`--data DIR`: a `ratingloop build` folder of the format
+`dataset_format(method)`; `ratingloop.loop.train_from_store` records signals and builds it first), the base model
 (`--base`: a model folder, a cached hub id, or the default model), asks the method's recipe
 (RECIPES: one module per method) for its trainer, trains, and writes to OUT:
 
@@ -38,26 +40,24 @@ from sqlalchemy import Engine
 
 import ratingloop
 from ratingloop.errors import ConfigError, RatingloopError
-from ratingloop.models.load import ModelLoadError, ResolvedModel, resolve_model
+from ratingloop.models import ModelLoadError, resolve_model
 from ratingloop.models.registry import fail_run, finish_run, get_run, reopen_run, snapshot_exists, start_run, update_run
+from ratingloop.train.common import load_base
 from ratingloop.train.config import TrainConfig
-from ratingloop.train.data import NEEDS, TrainData, load_train_data
+from ratingloop.train.data import TrainData, load_train_data
 
 log = logging.getLogger(__name__)
 
 # method -> its recipe, a module in this package with
 #   make_trainer(model, tokenizer, data, cfg, out_dir, progress) -> a ready transformers/TRL Trainer, with
 #       `peft_config=lora_config(cfg)` (None under train.lora=false) and `trainer_args(...)`
-#   load_model(resolved, cfg) -> (model, tokenizer)   optional; default: the causal LM in fp32 (`load_base`)
+#   load_model(resolved, cfg) -> (model, tokenizer)   optional; default: the causal LM in fp32 (common.load_base)
 #   metrics(trainer) -> dict                          optional; the method's own figures for the registry
 #   prepare(engine, cfg) -> cfg                       optional; settings the store decides, before the run is recorded
 # Recipes import lazily, so `ratingloop --help` does not pay for torch.
 RECIPES: dict[str, str] = {"sft": "sft", "wsft": "wsft", "kto": "kto", "dro": "dro", "dpo": "dpo",
                            "reward": "reward", "grpo": "grpo"}
 METHODS = tuple(RECIPES)
-
-# what to try instead when the store cannot feed a method
-ALTERNATIVE = {"dpo": "; or train --method kto or sft, which need no pairs"}
 
 
 @dataclass(frozen=True)
@@ -77,15 +77,15 @@ def recipe(method: str) -> ModuleType:
     return import_module(f"ratingloop.train.{RECIPES[method]}")
 
 
-def train(engine: Engine, method: str = "sft", *, out_dir: Path, data_dir: Path | None = None,
-          base: str | Path | None = None, cfg: TrainConfig | None = None, parent_version_id: str | None = None,
+def train(engine: Engine, method: str = "sft", *, out_dir: Path, data_dir: Path, base: str | Path | None = None,
+          cfg: TrainConfig | None = None, parent_version_id: str | None = None, round_id: str | None = None,
           progress: bool = True, callbacks: Sequence[Any] = ()) -> TrainResult:
-    """Train `method` on `base` (LoRA unless cfg.lora is false) and register the result as a candidate.
+    """Train `method` on the dataset in `data_dir` and `base` (LoRA unless cfg.lora is false) and register the
+    result as a candidate. `round_id`: the loop round that asked for it, recorded with the run.
 
     `callbacks` are transformers TrainerCallbacks added to the method's trainer (the loop's progress,
     tests' fault injection). Under `accelerate launch` every process trains its shard; only the main
-    process builds the dataset, writes the registry and saves, and the others return a result without
-    run or version ids.
+    process writes the registry and saves, and the others return a result without run or version ids.
     """
     rec = recipe(method)
     cfg = cfg or TrainConfig.for_method(method)
@@ -93,17 +93,22 @@ def train(engine: Engine, method: str = "sft", *, out_dir: Path, data_dir: Path 
     if hasattr(rec, "prepare"):  # settings the store decides (grpo: the newest reward model), recorded with the run
         cfg = rec.prepare(engine, cfg)
     out_dir = Path(out_dir)
-    if not _is_main_process():
-        return _train(engine, "", method, out_dir, data_dir or out_dir / "data", base, cfg, progress, callbacks,
-                      resume=False, main=False)
-    for name in ("adapter_config.json", "config.json"):
-        if (out_dir / name).exists():
-            raise RatingloopError(f"--out {out_dir} already holds a model ({name}; a registered version may point "
-                                  "at it); choose a new folder, or `train --resume RUN` to continue a crashed run")
+    if not is_main_process():
+        return _train(engine, "", method, out_dir, Path(data_dir), base, cfg, progress, callbacks, resume=False,
+                      main=False)
+    check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = start_run(engine, method=method, config=cfg.as_dict(), base_model=str(base or "default"),
-                       parent_version_id=parent_version_id, log_path=out_dir / "log.jsonl")
+                       parent_version_id=parent_version_id, log_path=out_dir / "log.jsonl", round_id=round_id)
     return _guarded(engine, run_id, method, out_dir, data_dir, base, cfg, progress, callbacks, resume=False)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse a folder that already holds a model (a registered version may point at it)."""
+    for name in ("adapter_config.json", "config.json"):
+        if (Path(out_dir) / name).exists():
+            raise RatingloopError(f"--out {out_dir} already holds a model ({name}; a registered version may point "
+                                  "at it); choose a new folder, or `train --resume RUN` to continue a crashed run")
 
 
 def resume(engine: Engine, run_id: str, *, progress: bool = True, callbacks: Sequence[Any] = ()) -> TrainResult:
@@ -126,7 +131,7 @@ def resume(engine: Engine, run_id: str, *, progress: bool = True, callbacks: Seq
     recorded = _read_run_json(out_dir)
     cfg = TrainConfig(**run.config)
     data_dir = Path(recorded["data_dir"]) if recorded.get("data_dir") else out_dir / "data"
-    if not _is_main_process():
+    if not is_main_process():
         return _train(engine, "", run.method, out_dir, data_dir, run.base_model, cfg, progress, callbacks,
                       resume=True, main=False)
     reopen_run(engine, run_id)
@@ -134,7 +139,7 @@ def resume(engine: Engine, run_id: str, *, progress: bool = True, callbacks: Seq
                     resume=True)
 
 
-def _guarded(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Path | None,
+def _guarded(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Path,
              base: str | Path | None, cfg: TrainConfig, progress: bool, callbacks: Sequence[Any],
              resume: bool) -> TrainResult:
     try:
@@ -145,13 +150,12 @@ def _guarded(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: 
         raise
 
 
-def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Path | None,
+def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Path,
            base: str | Path | None, cfg: TrainConfig, progress: bool, callbacks: Sequence[Any],
            resume: bool, main: bool = True) -> TrainResult:
     rec = recipe(method)
     # --- inputs, all checked before the first step; other processes wait for the main one's dataset -----
-    with _main_process_first():
-        data = _data(engine, method, out_dir, data_dir) if main else load_train_data(Path(data_dir or ""), method)
+    data = _data(engine, method, data_dir) if main else load_train_data(Path(data_dir), method)
     resolved = resolve_model(base)
     if resolved.kind == "adapter":
         raise ModelLoadError(f"--base {base}: is a LoRA adapter; train on a full model (its base is "
@@ -191,41 +195,14 @@ def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Pa
     return TrainResult(method, run_id, version_id, out_dir, base_model, data.snapshot_id, metrics)
 
 
-def _data(engine: Engine, method: str, out_dir: Path, data_dir: Path | None) -> TrainData:
-    """The given folder, or the method's dataset built from the store into OUT/data."""
-    if data_dir is None:
-        from ratingloop.dataset import BuildConfig, build_dataset
-
-        data_dir = out_dir / "data"
-        try:
-            build_dataset(engine, NEEDS[method][0], data_dir, BuildConfig())
-        except RatingloopError as e:
-            raise RatingloopError(f"train --method {method}: cannot build its dataset from the store: {e}"
-                                  f"{ALTERNATIVE.get(method, '')}") from e
+def _data(engine: Engine, method: str, data_dir: Path) -> TrainData:
+    """The built dataset in `data_dir`, checked against the method; its snapshot id kept if this store has it."""
     data = load_train_data(Path(data_dir), method)
     if data.snapshot_id is not None and not snapshot_exists(engine, data.snapshot_id):
         log.warning("--data %s: its snapshot %s is not in this store; the run records no dataset snapshot",
                     data_dir, data.snapshot_id)
         data.snapshot_id = None
     return data
-
-
-def load_base(resolved: ResolvedModel) -> tuple[Any, Any]:
-    """The base in fp32 (LoRA weights train in fp32; `cfg.bf16` autocasts the matmuls) and its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ratingloop.train.common import chat_tokenizer
-
-    path = resolved.weights_path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except Exception as e:  # noqa: BLE001 - any loader failure is reported with the folder
-        raise ModelLoadError(f"--base {path}: cannot load a causal LM and its tokenizer ({type(e).__name__}: {e}); "
-                             "give a Hugging Face model folder, or run `ratingloop model pull` for the default"
-                             ) from e
-    return model, chat_tokenizer(tokenizer, path, "the training rows are")
 
 
 def _metrics(trainer: Any, output: Any, data: TrainData) -> dict[str, Any]:
@@ -244,12 +221,12 @@ def _metrics(trainer: Any, output: Any, data: TrainData) -> dict[str, Any]:
             "tokens_per_s": tokens / runtime if runtime else None}
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     """False in the non-zero ranks of `accelerate launch` / torchrun (which set RANK)."""
     return os.environ.get("RANK", "0") in ("", "0")
 
 
-def _main_process_first() -> Any:
+def main_process_first() -> Any:
     """accelerate's main-process-first barrier when distributed, else nothing."""
     if "RANK" not in os.environ:
         return contextlib.nullcontext()
@@ -291,7 +268,7 @@ def _write_run_json(out_dir: Path, run_id: str, method: str, cfg: TrainConfig, b
     """What reproduces this run: resolved config, seed, inputs, package versions, git revision."""
     from importlib.metadata import version
 
-    from ratingloop.dataset.write import git_revision
+    from ratingloop.provenance import git_revision
 
     doc = {"run_id": run_id, "version_id": version_id, "method": method, "config": cfg.as_dict(), "seed": cfg.seed,
            "base_model": base_model, "data_dir": str(data.data_dir.resolve()), "dataset_snapshot_id": data.snapshot_id,
