@@ -29,6 +29,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(model_app, name="model")
 app.add_typer(versions_app, name="versions")
+loop_app = typer.Typer(help="Run rounds (signals, build, train, label, eval, gate) as ratings arrive; "
+                       "`loop status` shows them.", invoke_without_command=True)
+app.add_typer(loop_app, name="loop")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -181,46 +184,53 @@ def stats(db: Db = None, json_: Json = False) -> None:
 
 @app.command()
 def signals(
-    out_file: Annotated[Path, typer.Option("--out", help="JSONL file: one reward per interaction")],
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="also write one reward per interaction as "
+                                                     "JSONL to this file")] = None,
     content_prior: Annotated[str, typer.Option("--content-prior", help="auto (on for mostly single-rated "
                                                "stores), on or off: judge answers by their content too")] = "auto",
     db: Db = None,
 ) -> None:
-    """Fit the rater model and write one debiased reward per interaction (with its confidence)."""
+    """Fit the rater model once and record the run (rewards, rater estimates, the ratings that counted)."""
     from dataclasses import asdict
 
     import orjson
 
+    from ratingloop.signals import SignalsConfig, record_signals
     from ratingloop.signals.content import ContentConfig
-    from ratingloop.signals.report import SignalsConfig, compute_signals
 
     if content_prior not in ("auto", "on", "off"):
         raise typer.BadParameter("choose auto, on or off", param_hint="--content-prior")
-    engine = _engine(db)
     with err.status("fitting the rater model ..."):
-        result = compute_signals(engine, SignalsConfig(content=ContentConfig(mode=content_prior)))
-    with open(out_file, "wb") as f:
-        for row in [*result.interactions, *result.unrated]:  # unrated ones (n_ratings 0): the content prior's
-            f.write(orjson.dumps(asdict(row)) + b"\n")
-    flagged = sum(r.flagged for r in result.raters)
-    prior = "; content prior on" if result.content is not None else ""
-    out.print(f"{len(result.interactions)} rated + {len(result.unrated)} unrated interactions -> {out_file}; "
-              f"{len(result.raters)} raters, {flagged} flagged (see `ratingloop raters`){prior}", highlight=False)
+        run = record_signals(_engine(db), SignalsConfig(content=ContentConfig(mode=content_prior)))
+    if out_file is not None:
+        with open(out_file, "wb") as f:
+            for row in [*run.interactions, *run.unrated]:  # unrated ones (n_ratings 0): the content prior's
+                f.write(orjson.dumps(asdict(row)) + b"\n")
+    prior = "; content prior on" if run.content is not None else ""
+    where = f" -> {out_file}" if out_file is not None else ""
+    out.print(f"signals run {run.run_id}: {len(run.interactions)} rated + {len(run.unrated)} unrated "
+              f"interactions{where}; {len(run.raters)} raters, {len(run.flagged)} flagged (see `ratingloop raters`)"
+              f"{prior}", highlight=False)
 
 
 @app.command()
-def raters(db: Db = None, json_: Json = False) -> None:
-    """Per rater: ratings, bias (lenient > 0 > harsh), scale, reliability, and whether flagged and why."""
+def raters(
+    run_id: Annotated[Optional[str], typer.Option("--run", help="a signals run id (default: the newest)")] = None,
+    db: Db = None,
+    json_: Json = False,
+) -> None:
+    """Per rater, from a recorded signals run: ratings, bias (lenient > 0 > harsh), scale, reliability, flags."""
     from dataclasses import asdict
 
-    from ratingloop.signals.report import compute_signals
+    from ratingloop.signals import load_signals
 
-    with err.status("fitting the rater model ..."):
-        rows = compute_signals(_engine(db)).raters
-    rows = sorted(rows, key=lambda r: (not r.flagged, -r.n, r.rater_id))
+    run = load_signals(_engine(db), run_id)
+    rows = sorted(run.raters, key=lambda r: (not r.flagged, -r.n, r.rater_id))
     if json_:
         out.print_json(json.dumps([asdict(r) for r in rows]))
         return
+    err.print(f"signals run {run.run_id} ({str(run.created_at)[:19]}, {run.summary.get('n_ratings')} ratings)",
+              highlight=False)
     table = Table("rater", "n", "bias", "scale", "reliability", "flagged")
     for r in rows:
         table.add_row(r.rater_id, str(r.n), f"{r.bias:+.2f}", f"{r.scale:.2f}", f"{r.reliability:.2f}",
@@ -234,19 +244,26 @@ def build(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for train/, eval/, *.jsonl and manifest.json")],
     config: Annotated[Optional[Path], typer.Option(help="TOML file; its [build] table overrides defaults")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="build.KEY=VALUE (repeatable)")] = None,
+    signals_run: Annotated[Optional[str], typer.Option(
+        "--signals", help="the signals run to build from (default: the newest; `ratingloop signals` records one)")
+    ] = None,
     db: Db = None,
 ) -> None:
-    """Build a training set in TRL's format from the debiased rewards, with a manifest and a snapshot."""
+    """Build a training set in TRL's format from a recorded signals run, with a manifest and a snapshot."""
     from ratingloop.dataset import BuildConfig, build_dataset
     from ratingloop.pipeline_config import load_section
+    from ratingloop.signals import load_signals
 
     cfg = load_section(BuildConfig, "build", config, set_)
+    engine = _engine(db)
+    run = load_signals(engine, signals_run)
     with err.status(f"building {format} ..."):
-        result = build_dataset(_engine(db), format, out_dir, cfg)
+        result = build_dataset(engine, format, out_dir, cfg, run)
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     out.print(f"{format}: {result.n_train} train + {result.n_eval} eval rows -> {out_dir} "
-              f"(snapshot {result.snapshot_id}, hash {result.content_hash[:12]})", highlight=False)
+              f"(snapshot {result.snapshot_id}, hash {result.content_hash[:12]}, signals run {run.run_id})",
+              highlight=False)
 
 
 @model_app.command("pull")
@@ -263,17 +280,25 @@ def model_pull(force: Annotated[bool, typer.Option("--force", help="convert agai
 def generate(
     prompts: Annotated[Path, typer.Option("--prompts", help='JSONL of {"id", "messages"}')],
     out_file: Annotated[Path, typer.Option("--out", help='JSONL of {"id", "response"}')],
-    model: Annotated[Optional[str], typer.Option("--model", help="a model or adapter folder, a cached hub id, "
-                                                 "or 'default' (the default until the registry lands)")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="active (the active version, else the base), "
+                                                 "base, a version id, a model or adapter folder, a cached hub id, "
+                                                 "or 'default' (the default model)")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 256,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy")] = 0.0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     db: Db = None,
 ) -> None:
-    """Answer a JSONL of prompts with a model: batched, left-padded, greedy by default."""
+    """Answer a JSONL of prompts with a model (the active version by default): batched, greedy by default."""
     from ratingloop.models import cli_generate
 
-    n = cli_generate(model, prompts, out_file, max_tokens=max_tokens, temperature=temperature,
+    ref = model
+    if model is None or not Path(model).expanduser().exists():  # a folder needs no store
+        from ratingloop.models.versions import choose_model
+
+        choice = choose_model(_engine(db), model)
+        err.print(f"answering with {choice.label}", highlight=False)
+        ref = choice.ref
+    n = cli_generate(ref, prompts, out_file, max_tokens=max_tokens, temperature=temperature,
                      batch_size=batch_size, console=err)
     out.print(f"{n} answers -> {out_file}", highlight=False)
 
@@ -283,8 +308,8 @@ def train(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="folder for the adapter (or the whole model "
                                                     "with train.lora=false), run.json, log.jsonl, checkpoints")] = None,
     method: Annotated[str, typer.Option("--method", help="sft, wsft, kto, dro, dpo, reward or grpo")] = "sft",
-    data: Annotated[Optional[Path], typer.Option("--data", help="a `ratingloop build` folder; default: "
-                                                 "build the method's set from the store")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="a `ratingloop build` folder; default: record a "
+                                                 "signals run and build the method's set into OUT/data")] = None,
     base: Annotated[Optional[str], typer.Option("--base", help="default, a model folder or a cached hub id")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML or YAML; its train table overrides defaults")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="train.KEY=VALUE (repeatable)")] = None,
@@ -308,7 +333,12 @@ def train(
         if out_dir is None:
             raise typer.BadParameter("where the trained model goes: --out DIR", param_hint="--out")
         cfg = load_section(TrainConfig, "train", config, set_, defaults=METHOD_DEFAULTS.get(method))
-        result = run_training(_engine(db), method, out_dir=out_dir, data_dir=data, base=base, cfg=cfg)
+        if data is None:  # signals -> build -> train, as a loop round does
+            from ratingloop.loop import train_from_store
+
+            result = train_from_store(_engine(db), method, out_dir=out_dir, base=base, cfg=cfg)
+        else:
+            result = run_training(_engine(db), method, out_dir=out_dir, data_dir=data, base=base, cfg=cfg)
     if not result.version_id:
         return  # a non-main process of `accelerate launch`; the main one reports
     loss = result.metrics.get("train_loss")
@@ -379,22 +409,101 @@ def ask(
     out.print(table)
 
 
+@app.command("eval")
+def eval_(
+    candidate: Annotated[str, typer.Option("--candidate", help="the version id to judge")],
+    against: Annotated[str, typer.Option("--against", help="active (the base when none is), base, or a version "
+                                         "id")] = "active",
+    config: Annotated[Optional[Path], typer.Option(help="TOML file; its [eval] table overrides defaults")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="eval.KEY=VALUE (repeatable)")] = None,
+    db: Db = None,
+    json_: Json = False,
+) -> None:
+    """Candidate vs the active version on held-out prompts: win rate with CI, guards, and the gate's verdict."""
+    from ratingloop.evaluate import EvalConfig, evaluate
+    from ratingloop.pipeline_config import load_section
+
+    report = evaluate(_engine(db), candidate, against, cfg=load_section(EvalConfig, "eval", config, set_),
+                      progress=not json_)
+    if json_:
+        out.print_json(json.dumps(report.as_dict()))
+        return
+    table = Table("judge", "prompts", "win rate", "95% CI")
+    for j in [{"name": "all judges", "n": report.n_prompts, "win_rate": report.win_rate, "ci_low": report.ci_low,
+               "ci_high": report.ci_high}, *report.judges]:
+        table.add_row(j["name"], str(j["n"]), f"{j['win_rate']:.3f}", f"[{j['ci_low']:.3f}, {j['ci_high']:.3f}]")
+    out.print(table)
+    for name, g in report.guards.items():
+        out.print(f"guard {name}: {g['value']:.3f} (limit {g['limit']:.3f}) {'ok' if g['ok'] else 'FAILED'}",
+                  highlight=False)
+    out.print(f"length-controlled win rate {report.lc_win_rate:.3f}; verdict: {report.verdict.upper()}"
+              + "".join(f"\n  - {r}" for r in report.reasons), highlight=False)
+
+
 @versions_app.command("list")
 def versions_list(db: Db = None, json_: Json = False) -> None:
-    """Every model version, newest first: status, base, adapter, lineage."""
-    from dataclasses import asdict
+    """Every model version, newest first: status, method, lineage, traffic share, its eval verdict."""
+    from ratingloop.models.versions import version_rows
 
-    from ratingloop.models.registry import list_versions
-
-    rows = list_versions(_engine(db))
+    rows = version_rows(_engine(db))
     if json_:
-        out.print_json(json.dumps([asdict(r) for r in rows], default=str))
+        out.print_json(json.dumps(rows))
         return
-    table = Table("version", "status", "created", "base", "adapter", "parent", "dataset")
+    table = Table("version", "status", "method", "created", "parent", "traffic", "verdict", "adapter")
     for r in rows:
-        table.add_row(r.id, r.status, str(r.created_at)[:19], str(r.base_model), str(r.adapter_path or ""),
-                      str(r.parent_id or ""), str(r.dataset_snapshot_id or ""))
+        table.add_row(r["id"], r["status"], r["method"] or "", r["created_at"][:19], r["parent"] or "",
+                      f"{r['traffic_share']:.0%}", r["verdict"] or "", r["adapter_path"] or "")
     out.print(table)
+
+
+Yes = Annotated[bool, typer.Option("--yes", help="really do it (without: show the plan and exit 1)")]
+
+
+def _actor() -> str:
+    return os.environ.get("USER") or "cli"
+
+
+@versions_app.command("promote")
+def versions_promote(
+    version: Annotated[str, typer.Argument(help="the version id to make active")],
+    reason: Annotated[Optional[str], typer.Option("--reason", help="why, recorded with who did it")] = None,
+    yes: Yes = False,
+    db: Db = None,
+) -> None:
+    """Make a version the active one, whatever its evaluation said (a manual override, recorded)."""
+    from ratingloop.models.registry import active_version, check_servable, promote
+
+    engine = _engine(db)
+    check_servable(engine, version)
+    current = active_version(engine)
+    if current is not None and current.id == version:
+        out.print(f"{version} is already active; nothing to do", highlight=False)
+        return
+    if not yes:
+        err.print(f"would make {version} active, retiring {current.id if current else 'nothing (the base serves)'}"
+                  f", as {_actor()}. Re-run with --yes.", highlight=False)
+        raise typer.Exit(1)
+    promote(engine, version, actor=_actor(), reason=reason)
+    out.print(f"{version} is active (was {current.id if current else 'the base'})", highlight=False)
+
+
+@versions_app.command("rollback")
+def versions_rollback(
+    reason: Annotated[Optional[str], typer.Option("--reason", help="why, recorded with who did it")] = None,
+    yes: Yes = False,
+    db: Db = None,
+) -> None:
+    """Undo the newest promotion: the version it replaced (or the base) serves again, recorded."""
+    from ratingloop.models.registry import rollback, rollback_plan
+
+    engine = _engine(db)
+    if not yes:
+        old, new = rollback_plan(engine)
+        err.print(f"would roll back from {old or 'the base'} to {new or 'the base'}, as {_actor()}. "
+                  "Re-run with --yes.", highlight=False)
+        raise typer.Exit(1)
+    old, new = rollback(engine, actor=_actor(), reason=reason)
+    out.print(f"rolled back: {new or 'the base'} serves (was {old or 'the base'})", highlight=False)
 
 
 @db_app.command("upgrade")
@@ -437,6 +546,89 @@ def demo(db: Db = None) -> None:
     from ratingloop.demo import run_demo
 
     run_demo(out, err, db)
+
+
+@loop_app.callback()
+def loop(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="one round now if any rating arrived since the last "
+                                       "round, then exit")] = False,
+    every: Annotated[Optional[str], typer.Option("--every", help="also start a round this long after the last "
+                                                 "(30m, 2h, 1d) when any rating arrived")] = None,
+    min_new_ratings: Annotated[int, typer.Option("--min-new-ratings", min=1, help="start a round when this "
+                                                 "many new ratings arrived")] = 100,
+    method: Annotated[str, typer.Option("--method", help="the training method of every round")] = "kto",
+    base: Annotated[Optional[str], typer.Option("--base", help="default, a model folder or a cached hub id")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML with train, build, signals and "
+                                                   "eval tables")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="SECTION.KEY=VALUE, e.g. train.max_steps=20 "
+                                                      "(repeatable)")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="each round trains into OUT/<round id>/")] = Path("runs/loop"),
+    wait: Annotated[bool, typer.Option("--wait", help="when another loop runs on this store, wait for it to "
+                                       "stop instead of exiting")] = False,
+    poll: Annotated[float, typer.Option("--poll", min=0.01, hidden=True, help="seconds between checks for new "
+                                        "ratings")] = 30.0,
+    db: Db = None,
+) -> None:
+    """Run training rounds on the store, crash-safe: a round killed at any point resumes at the next start."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ratingloop.loop import RoundSpec, run_loop
+
+    for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):  # unattended: quiet
+        os.environ.setdefault(name, "1")
+    spec = RoundSpec(method=method, base=base, config=str(config.resolve()) if config else None,
+                     overrides=tuple(set_ or ()), out_root=str(out_dir.resolve()))
+    try:
+        outcomes = run_loop(_engine(db), spec, once=once, min_new_ratings=min_new_ratings,
+                            every_s=_duration(every) if every else None, wait_for_lock=wait, poll_s=poll,
+                            say=lambda m: err.print(m, highlight=False))
+    except KeyboardInterrupt:  # the round's threads would finish it first; it resumes at the next start instead
+        err.print("interrupted: an unfinished round resumes at the next `ratingloop loop`", highlight=False)
+        os._exit(130)
+    for o in outcomes:
+        out.print(f"round {o['round_id']}: {o['outcome']}" + (f" {o['version_id']}" if o.get("version_id") else "")
+                  + (f" ({'; '.join(o['reasons'])})" if o.get("reasons") else "")
+                  + (f": {o['error']}" if o.get("error") else ""), highlight=False)
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        value, unit = float(text[:-1]), units[text[-1]]
+    except (ValueError, KeyError, IndexError):
+        raise typer.BadParameter(f"{text!r}: write a number and a unit s, m, h or d, e.g. 30m",
+                                 param_hint="--every") from None
+    if value <= 0:
+        raise typer.BadParameter(f"{text!r}: must be more than 0", param_hint="--every")
+    return value * unit
+
+
+@loop_app.command("status")
+def loop_status(
+    n: Annotated[int, typer.Option("--n", min=1, help="how many rounds, newest first")] = 10,
+    db: Db = None,
+    json_: Json = False,
+) -> None:
+    """The newest rounds: trigger, steps (status, attempts, duration), outcome."""
+    from ratingloop.rounds import list_rounds
+
+    rounds = list_rounds(_engine(db), limit=n)
+    if json_:
+        out.print_json(json.dumps([r.as_dict() for r in rounds]))
+        return
+    if not rounds:
+        out.print("no rounds yet; `ratingloop loop --once` runs one")
+        return
+    table = Table("round", "started", "trigger", "steps", "took", "outcome")
+    for r in rounds:
+        steps = ", ".join(f"{s.name} {s.status}" + (f" x{s.attempts}" if s.attempts > 1 else "")
+                          + (f" {s.duration_s:.0f}s" if s.duration_s is not None else "") for s in r.steps)
+        took = f"{r.duration_s:.0f}s" if r.duration_s is not None else "-"
+        outcome = (r.outcome or r.status) + (f" {r.version_id}" if r.version_id else "") + (
+            f": {r.error}" if r.error else "")
+        table.add_row(r.id, r.created_at.strftime("%Y-%m-%d %H:%M"), r.trigger, steps, took, outcome)
+    out.print(table)
 
 
 def main() -> None:
