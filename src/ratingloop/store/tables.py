@@ -251,6 +251,42 @@ class SignalsRater(Base):
     reasons: Mapped[list[str]] = mapped_column(Json)
 
 
+class LoopRound(Base):
+    """One round of `ratingloop loop`: why it started, how it ended. Its id is also the durable engine's
+    workflow id, so a round killed mid-way is resumed under the same id on the next start."""
+
+    __tablename__ = "loop_rounds"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # ULID: the newest sorts last
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(20), index=True)  # running | succeeded | failed
+    outcome: Mapped[str | None] = mapped_column(String(20))  # promoted | rejected | failed
+    trigger: Mapped[str] = mapped_column(String(40))  # once | new ratings | every
+    ratings_until: Mapped[datetime | None] = mapped_column(UTCDateTime)  # newest rating when it started
+    ratings_total: Mapped[int] = mapped_column(Integer)  # usable ratings in the store when it started
+    new_ratings: Mapped[int] = mapped_column(Integer)  # usable ratings since the round before
+    version_id: Mapped[str | None] = mapped_column(String(64))  # the candidate it trained
+    spec: Mapped[dict[str, Any]] = mapped_column(Json)  # method, base, config file, overrides
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class LoopStep(Base):
+    """One step of a round (train, label, eval, gate): status, timing and what it produced."""
+
+    __tablename__ = "loop_steps"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("loop_rounds.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(20), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)  # order within the round
+    status: Mapped[str] = mapped_column(String(20))  # running | succeeded | failed | skipped
+    attempts: Mapped[int] = mapped_column(Integer)  # >1: a crash interrupted it and it ran again
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    detail: Mapped[dict[str, Any]] = mapped_column(Json)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
 # The tables as Core objects, for the write path's bulk statements.
 interactions: Table = Interaction.__table__  # type: ignore[assignment]
 ratings: Table = Rating.__table__  # type: ignore[assignment]
@@ -263,3 +299,5 @@ signals_runs: Table = SignalsRun.__table__  # type: ignore[assignment]
 signals_ratings: Table = SignalsRating.__table__  # type: ignore[assignment]
 signals_interactions: Table = SignalsInteraction.__table__  # type: ignore[assignment]
 signals_raters: Table = SignalsRater.__table__  # type: ignore[assignment]
+loop_rounds: Table = LoopRound.__table__  # type: ignore[assignment]
+loop_steps: Table = LoopStep.__table__  # type: ignore[assignment]

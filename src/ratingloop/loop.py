@@ -1,0 +1,291 @@
+"""The loop: the order of the stages, in one place. Read this file top to bottom to see every stage.
+
+    signals  (ratingloop.signals.record_signals)   fit the rater model once; record the run in the store
+    build    (ratingloop.dataset.build_dataset)     that run's rewards -> the method's training set, OUT/data
+    train    (ratingloop.train.train)               the set -> a LoRA adapter, registered as a candidate
+
+`train_from_store` is that chain; `ratingloop train` without `--data` runs it, and so does every loop
+round (with its round id, so a restarted round finds its own training run). The stages hand over
+through the store and the data folder only: the dataset reads the recorded signals run, training
+reads the folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from sqlalchemy import Engine
+
+from ratingloop.dataset import BuildConfig, build_dataset
+from ratingloop.errors import ConfigError, RatingloopError
+from ratingloop.rounds import (
+    Durable,
+    durable_step,
+    finish_round,
+    last_round,
+    new_ratings,
+    runner_lock,
+    set_round_version,
+    start_round,
+    unfinished_rounds,
+)
+from ratingloop.signals import SignalsConfig, record_signals
+from ratingloop.train import (
+    METHODS,
+    TrainConfig,
+    TrainResult,
+    check_out_dir,
+    dataset_format,
+    is_main_process,
+    main_process_first,
+    train,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# what to try instead when the store cannot feed a method
+ALTERNATIVE = {"dpo": "; or train --method kto or sft, which need no pairs"}
+
+
+def train_from_store(engine: Engine, method: str, *, out_dir: Path, base: str | Path | None = None,
+                     cfg: TrainConfig | None = None, build_cfg: BuildConfig | None = None,
+                     signals_cfg: SignalsConfig | None = None, parent_version_id: str | None = None,
+                     round_id: str | None = None, progress: bool = True, callbacks: Sequence[Any] = ()
+                     ) -> TrainResult:
+    """Record a signals run, build the method's dataset from it into OUT/data, and train on it.
+
+    Under `accelerate launch` only the main process records and builds; the others wait for it and
+    train on the same folder."""
+    out_dir = Path(out_dir)
+    data_dir = out_dir / "data"
+    if method not in METHODS:  # before anything is written
+        raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    fmt = dataset_format(method)
+    with main_process_first():
+        if is_main_process():
+            check_out_dir(out_dir)  # before the build replaces OUT/data of a model already there
+            try:
+                signals = record_signals(engine, signals_cfg or SignalsConfig())
+                build_dataset(engine, fmt, data_dir, build_cfg or BuildConfig(), signals)
+            except RatingloopError as e:
+                raise RatingloopError(f"train --method {method}: cannot build its dataset from the store: {e}"
+                                      f"{ALTERNATIVE.get(method, '')}") from e
+    return train(engine, method, out_dir=out_dir, data_dir=data_dir, base=base, cfg=cfg,
+                 parent_version_id=parent_version_id, round_id=round_id, progress=progress, callbacks=callbacks)
+
+
+# --- the round: `ratingloop loop` ------------------------------------------------------------------------
+#
+#     train   signals -> build -> train (train_from_store above), tagged with the round id
+#     label   when a reward model exists and most answers are unrated: judge ratings for the next round
+#     eval    the candidate against the active version (ratingloop.evaluate), on held-out prompts
+#     gate    promote when the evaluation says so, else reject with its reasons (ratingloop.models.registry)
+#
+# Each step is a durable step (ratingloop.rounds): after a crash the round resumes at the step that was
+# running, and that step must be safe to run twice - train finds the round's own training run by its
+# round id (succeeded: reuse its version; killed: resume its checkpoint, else train afresh), label's
+# ratings have idempotency keys, eval records one more evaluation, and promote/reject of what is already
+# so changes nothing. A version becomes active only in promote's one transaction, so the store never has
+# no active version (or the base) whatever is killed when.
+
+DEFAULT_METHOD = "kto"
+SECTIONS = ("train", "build", "signals", "eval")  # the tables `loop --config/--set` may set
+LABEL_WHEN_UNRATED = 0.5  # label runs when at least this share of the interactions has no rating
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What a round was asked to do; stored with the round and replayed as is when it resumes."""
+
+    method: str = DEFAULT_METHOD
+    base: str | None = None
+    config: str | None = None  # a TOML/YAML file with [train] [build] [signals] [eval] tables
+    overrides: tuple[str, ...] = ()  # train.KEY=VALUE ...
+    out_root: str = "runs/loop"  # each round trains into OUT_ROOT/<round id>/
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "base": self.base, "config": self.config, "overrides": list(self.overrides),
+                "out_root": self.out_root}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoundSpec:
+        return cls(d["method"], d.get("base"), d.get("config"), tuple(d.get("overrides") or ()), d["out_root"])
+
+    def section(self, cls: type[T], name: str, defaults: dict[str, Any] | None = None) -> T:
+        from ratingloop.pipeline_config import load_section
+
+        mine = [o for o in self.overrides if o.split("=", 1)[0].strip().startswith(name + ".")]
+        return load_section(cls, name, Path(self.config) if self.config else None, mine, defaults)
+
+    def check(self) -> None:
+        """Every setting resolves (names the bad key) before a round is recorded."""
+        from ratingloop.evaluate import EvalConfig
+        from ratingloop.train.config import METHOD_DEFAULTS
+
+        dataset_format(self.method)
+        stray = [o for o in self.overrides if o.split("=", 1)[0].strip().split(".")[0] not in SECTIONS]
+        if stray:
+            raise ConfigError(f"--set {stray[0]!r}: write SECTION.KEY=VALUE with SECTION one of {', '.join(SECTIONS)}")
+        self.section(TrainConfig, "train", METHOD_DEFAULTS.get(self.method)).validate()
+        self.section(BuildConfig, "build")
+        self.section(SignalsConfig, "signals")
+        self.section(EvalConfig, "eval")
+
+
+def run_round(engine: Engine, round_id: str, spec_dict: dict[str, Any]) -> dict[str, Any]:
+    """One round, step by step; returns its outcome ({"outcome": promoted | rejected | failed, ...})."""
+    spec = RoundSpec.from_dict(spec_dict)
+    trained = durable_step(engine, round_id, "train", 1, lambda: _train_step(engine, round_id, spec))
+    version_id = trained.get("version_id")
+    if trained.get("status") == "failed" or not version_id:
+        error = trained.get("error") or "training registered no version"
+        finish_round(engine, round_id, outcome="failed", error=error)
+        log.error("round %s failed in training: %s; the active version keeps serving", round_id, error)
+        return {"round_id": round_id, "outcome": "failed", "error": error, "version_id": None}
+    set_round_version(engine, round_id, version_id)
+    durable_step(engine, round_id, "label", 2, lambda: _label_step(engine))
+    report = durable_step(engine, round_id, "eval", 3, lambda: _eval_step(engine, version_id, spec))
+    gate = durable_step(engine, round_id, "gate", 4, lambda: _gate_step(engine, round_id, version_id, report))
+    finish_round(engine, round_id, outcome=gate["outcome"], version_id=version_id)
+    log.info("round %s: candidate %s %s (%s)", round_id, version_id, gate["outcome"], "; ".join(gate["reasons"]))
+    return {"round_id": round_id, "outcome": gate["outcome"], "version_id": version_id, "reasons": gate["reasons"]}
+
+
+def _train_step(engine: Engine, round_id: str, spec: RoundSpec) -> dict[str, Any]:
+    from ratingloop.models.registry import active_version, fail_run, list_runs, list_versions
+    from ratingloop.train import resume
+    from ratingloop.train.config import METHOD_DEFAULTS
+
+    earlier = [r for r in list_runs(engine) if r.round_id == round_id]  # a crash ran this step before
+    for run in earlier:
+        if run.status == "succeeded":  # killed after training registered its version: that is the round's
+            [version] = [v for v in list_versions(engine) if v.training_run_id == run.id]
+            return {"version_id": version.id, "run_id": run.id, "reused": True}
+    for run in earlier:
+        if run.status != "running":
+            continue
+        try:  # killed mid-training: continue from its newest checkpoint, on its own data
+            result = resume(engine, run.id, progress=False)
+            return _trained(result, resumed=True)
+        except RatingloopError as e:
+            fail_run(engine, run.id, f"the loop process died during this run and it cannot resume ({e}); "
+                                     "the round trains again")
+    active = active_version(engine)
+    out_dir = Path(spec.out_root) / round_id / f"train-{len(earlier) + 1}"
+    try:
+        result = train_from_store(
+            engine, spec.method, out_dir=out_dir, base=spec.base,
+            cfg=spec.section(TrainConfig, "train", METHOD_DEFAULTS.get(spec.method)),
+            build_cfg=spec.section(BuildConfig, "build"), signals_cfg=spec.section(SignalsConfig, "signals"),
+            parent_version_id=active.id if active else None, round_id=round_id, progress=False)
+    except Exception as e:  # noqa: BLE001 - any training failure fails the round, recorded with its reason
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    return _trained(result, resumed=False)
+
+
+def _trained(result: TrainResult, *, resumed: bool) -> dict[str, Any]:
+    keep = ("train_rows", "steps", "first_loss", "last_loss", "train_runtime_s")
+    return {"version_id": result.version_id, "run_id": result.run_id, "resumed": resumed,
+            "dataset_snapshot_id": result.dataset_snapshot_id, "out_dir": str(result.out_dir),
+            "metrics": {k: result.metrics.get(k) for k in keep}}
+
+
+def _label_step(engine: Engine) -> dict[str, Any]:
+    from sqlalchemy import func, select
+
+    from ratingloop.store import tables as t
+    from ratingloop.train.label import label, reward_model_dir, unrated_count
+
+    try:
+        model = reward_model_dir(engine, None)
+    except RatingloopError:
+        return {"status": "skipped", "reason": "no reward model in the registry"}
+    with engine.connect() as conn:
+        total = int(conn.execute(select(func.count()).select_from(t.interactions)).scalar_one())
+    unrated = unrated_count(engine)
+    if not total or unrated / total < LABEL_WHEN_UNRATED:
+        return {"status": "skipped", "reason": f"{unrated} of {total} interactions unrated: feedback is not sparse"}
+    report = label(engine, model)
+    return {"reward_model": str(model), "scored": report.scored, "written": report.written}
+
+
+def _eval_step(engine: Engine, version_id: str, spec: RoundSpec) -> dict[str, Any]:
+    """The evaluation's report; one that crashes is a reject with the error (never a promote)."""
+    from ratingloop.evaluate import EvalConfig, evaluate
+
+    try:
+        report: dict[str, Any] = evaluate(engine, version_id, "active", cfg=spec.section(EvalConfig, "eval"),
+                                          progress=False).as_dict()
+    except Exception as e:  # noqa: BLE001 - the gate rejects a candidate it could not judge
+        log.error("round: evaluating %s crashed: %s", version_id, e)
+        return {"status": "failed", "verdict": "reject", "reasons": [f"evaluation crashed: {type(e).__name__}: {e}"],
+                "error": f"{type(e).__name__}: {e}"}
+    return report
+
+
+def _gate_step(engine: Engine, round_id: str, version_id: str, report: dict[str, Any]) -> dict[str, Any]:
+    from ratingloop.models.registry import get_version, promote, reject
+
+    reasons = [str(r) for r in report.get("reasons") or []]
+    evaluation_id = report.get("evaluation_id")
+    if report.get("verdict") == "promote":
+        try:
+            promote(engine, version_id, actor="loop", reason=f"round {round_id}: " + ("; ".join(reasons) or
+                    f"win rate {report.get('win_rate')}"), evaluation_id=evaluation_id)
+            return {"outcome": "promoted", "reasons": reasons}
+        except RatingloopError as e:  # a missing or corrupt adapter never becomes active
+            reasons = [f"promotion refused: {e}"]
+    if get_version(engine, version_id).status != "rejected":  # a repeat after a crash adds no second event
+        reject(engine, version_id, actor="loop", reasons=reasons or ["the gate said reject"],
+               evaluation_id=evaluation_id)
+    return {"outcome": "rejected", "reasons": reasons}
+
+
+# --- running rounds: once, or whenever enough ratings arrived -----------------------------------------
+
+def run_loop(engine: Engine, spec: RoundSpec, *, once: bool, min_new_ratings: int = 100,
+             every_s: float | None = None, wait_for_lock: bool = False, poll_s: float = 30.0,
+             max_rounds: int | None = None, say: Callable[[str], None] = log.info) -> list[dict[str, Any]]:
+    """Resume what a killed loop left, then run rounds: `once` one now if any rating arrived since the
+    last round; else whenever `min_new_ratings` arrived or `every_s` passed with at least one new rating."""
+    spec.check()
+    outcomes: list[dict[str, Any]] = []
+    with runner_lock(engine, wait=wait_for_lock), Durable(engine, partial(run_round, engine)) as durable:
+        pending = set(durable.pending())
+        for unfinished in unfinished_rounds(engine):
+            say(f"resuming round {unfinished.id}, left unfinished by a stopped loop")
+            outcomes.append(durable.wait(unfinished.id) if unfinished.id in pending
+                            else durable.run(unfinished.id, unfinished.spec))
+        if once:
+            if outcomes:
+                return outcomes
+            n = new_ratings(engine)
+            if n == 0:
+                last = last_round(engine)
+                say("no new ratings since the last round" + (f" ({last.id})" if last else "") + "; nothing to do")
+                return outcomes
+            return [durable.run(start_round(engine, trigger="once", spec=spec.as_dict()), spec.as_dict())]
+        while max_rounds is None or len(outcomes) < max_rounds:
+            trigger = _wait_for_trigger(engine, min_new_ratings, every_s, poll_s)
+            say(f"starting a round: {trigger}")
+            outcomes.append(durable.run(start_round(engine, trigger=trigger, spec=spec.as_dict()), spec.as_dict()))
+    return outcomes
+
+
+def _wait_for_trigger(engine: Engine, min_new: int, every_s: float | None, poll_s: float) -> str:
+    import time
+
+    last = last_round(engine)
+    since = last.created_at.timestamp() if last else time.time()
+    while True:
+        n = new_ratings(engine)
+        if n >= min_new:
+            return f"{n} new ratings"
+        if every_s is not None and n > 0 and time.time() - since >= every_s:
+            return f"every {every_s:g}s ({n} new ratings)"
+        time.sleep(poll_s)
