@@ -98,6 +98,23 @@ def test_a_training_failure_fails_the_round_and_the_active_version_keeps_serving
     assert run.status == "failed" and run.round_id == round_.id
 
 
+def test_a_candidate_whose_evaluation_crashes_is_rejected_with_the_error(engine: Engine, tiny_base: Path,
+                                                                          tmp_path: Path) -> None:
+    not_a_reward_model = tmp_path / "not-a-reward-model"
+    not_a_reward_model.mkdir()
+    [outcome] = run_loop(engine, _spec(tiny_base, tmp_path, f"eval.reward_model={not_a_reward_model}"), once=True)
+    [round_] = list_rounds(engine)
+    assert outcome["outcome"] == round_.outcome == "rejected" and round_.status == "succeeded"
+    _train, _label, eval_, gate = round_.steps
+    assert eval_.detail["verdict"] == "reject" and "not-a-reward-model" in eval_.detail["error"]
+    assert any(r.startswith("evaluation crashed") for r in gate.detail["reasons"])
+    [version] = list_versions(engine)
+    assert version.id == round_.version_id and version.status == "rejected"
+    assert active_version(engine) is None  # the base keeps serving
+    [event] = list_events(engine)
+    assert event.action == "reject" and "evaluation crashed" in (event.reason or "")
+
+
 def test_bad_settings_are_refused_before_a_round_is_recorded(engine: Engine, tiny_base: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train.no_such_key"):
         run_loop(engine, _spec(tiny_base, tmp_path, "train.no_such_key=1"), once=True)

@@ -229,19 +229,28 @@ def _eval_step(engine: Engine, version_id: str, spec: RoundSpec) -> dict[str, An
 
 
 def _gate_step(engine: Engine, round_id: str, version_id: str, report: dict[str, Any]) -> dict[str, Any]:
+    return gate(engine, version_id, report, actor="loop", note=f"round {round_id}")
+
+
+def gate(engine: Engine, version_id: str, report: dict[str, Any], *, actor: str = "gate",
+         note: str | None = None) -> dict[str, Any]:
+    """Apply an evaluation's verdict: promote (one transaction; a missing or corrupt adapter is refused
+    and the candidate rejected instead) or reject with the report's reasons. Safe to repeat: promoting
+    the active version or rejecting a rejected one changes nothing."""
     from ratingloop.models.registry import get_version, promote, reject
 
     reasons = [str(r) for r in report.get("reasons") or []]
     evaluation_id = report.get("evaluation_id")
     if report.get("verdict") == "promote":
+        why = "; ".join(reasons) or f"win rate {report.get('win_rate')}"
         try:
-            promote(engine, version_id, actor="loop", reason=f"round {round_id}: " + ("; ".join(reasons) or
-                    f"win rate {report.get('win_rate')}"), evaluation_id=evaluation_id)
+            promote(engine, version_id, actor=actor, reason=f"{note}: {why}" if note else why,
+                    evaluation_id=evaluation_id)
             return {"outcome": "promoted", "reasons": reasons}
         except RatingloopError as e:  # a missing or corrupt adapter never becomes active
             reasons = [f"promotion refused: {e}"]
     if get_version(engine, version_id).status != "rejected":  # a repeat after a crash adds no second event
-        reject(engine, version_id, actor="loop", reasons=reasons or ["the gate said reject"],
+        reject(engine, version_id, actor=actor, reasons=reasons or ["the gate said reject"],
                evaluation_id=evaluation_id)
     return {"outcome": "rejected", "reasons": reasons}
 

@@ -66,6 +66,9 @@ class EvalReport:
     verdict: str  # promote | reject
     reasons: list[str]
     held_out: dict[str, int] = field(default_factory=dict)
+    # per voted prompt: its messages, both answers and the mean outcome (1 candidate wins, 0 loses), for a person
+    # to read what the numbers summarise
+    examples: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     evaluation_id: str | None = None
@@ -153,6 +156,8 @@ def evaluate(engine: Engine, candidate: str, against: str = "active", *, cfg: Ev
                         win_rate=overall.win_rate, ci_low=overall.ci_low, ci_high=overall.ci_high,
                         lc_win_rate=lc, judges=judges, guards=guards,
                         verdict="reject" if reasons else "promote", reasons=reasons, held_out=counts,
+                        examples=[{"messages": prompts[k].messages, "candidate": answers_c[k], "against": answers_o[k],
+                                   "outcome": o} for k, o in zip(voted, outcomes, strict=True)],
                         warnings=warnings, seconds=round(time.monotonic() - start, 1))
     report.evaluation_id = _record(engine, report, other.version_id)
     log.info("eval %s vs %s: %d held-out prompts, win rate %.3f [%.3f, %.3f], LC %.3f -> %s%s", candidate,
