@@ -116,8 +116,11 @@ def test_refusals(text: str, refuses: bool) -> None:
 def test_guards_and_their_reasons() -> None:
     long = length_ratio(["one two three four five six"] * 2, ["one two"] * 2, 2.0)
     assert long["value"] == 3.0 and not long["ok"]
-    assert length_ratio(["a b"], ["a b c d"], 2.0) == {"value": 0.5, "limit": 2.0, "ok": True, "candidate_words": 2.0,
-                                                       "other_words": 4.0}
+    assert length_ratio(["a b"], ["a b c d"], 2.0) == {"value": 0.5, "limit": 2.0, "floor": 0.5, "ok": True,
+                                                       "candidate_words": 2.0, "other_words": 4.0}
+    # users who want concise answers may make a candidate much shorter; growth stays bounded
+    assert length_ratio(["a"] * 2, ["a b c d e"] * 2, 3.0, floor=0.1)["ok"]
+    assert not length_ratio(["a"] * 2, ["a b c d e f g h i j k"] * 2, 3.0, floor=0.1)["ok"]
     refusals = refusal_increase(["", "fine answer", "I cannot do that."], ["ok", "fine answer", "sure thing"], 0.05)
     assert refusals["value"] == pytest.approx(2 / 3) and not refusals["ok"]
     assert kl_per_token(3.0, 12, 0.5) == {"value": 0.25, "limit": 0.5, "ok": True, "tokens": 12}

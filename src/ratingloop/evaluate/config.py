@@ -32,7 +32,8 @@ class EvalConfig:
     seed: int = 0
     # the gate
     margin: float = 0.0  # promote iff ci_low > 0.5 + margin
-    max_length_ratio: float = 3.0  # mean answer length (words) may change by at most this factor either way
+    max_length_ratio: float = 3.0  # mean answer length (words) may grow at most this factor (verbosity gaming)
+    min_length_ratio: float = 0.1  # ... and shrink to no less than this share (users may want much shorter)
     max_refusal_increase: float = 0.05  # share of empty or refusing answers may rise by at most this
     max_kl: float = 0.5  # KL(candidate || against), nats per token of the candidate's answers
     max_aspect_drop: float = 0.1  # an aspect's win rate may fall at most this far below 0.5
@@ -53,6 +54,8 @@ class EvalConfig:
             problems.append(f"eval.margin={self.margin}: must lie in [0, 0.5)")
         if self.max_length_ratio <= 1:
             problems.append(f"eval.max_length_ratio={self.max_length_ratio}: must be above 1, e.g. 3")
+        if not 0 < self.min_length_ratio < 1:
+            problems.append(f"eval.min_length_ratio={self.min_length_ratio}: must lie in (0, 1), e.g. 0.1")
         for name in ("max_refusal_increase", "max_kl", "max_aspect_drop"):
             if getattr(self, name) < 0:
                 problems.append(f"eval.{name}={getattr(self, name)}: must be 0 or more")

@@ -2,7 +2,10 @@
 
 Each guard is ``{"value", "limit", "ok"}`` (limits from EvalConfig):
 
-- length_ratio: mean answer length in words, candidate / other; ok within [1/limit, limit].
+- length_ratio: mean answer length in words, candidate / other; ok within [floor, limit]. Asymmetric by
+  default (floor 0.1, limit 3): runaway verbosity is the known way to game a judge, while users who want
+  concise answers rightly make a candidate 3-5x shorter (bench/results.md, "A default round that
+  learns"); collapse to nothing is refusal_increase's to catch.
 - refusal_increase: share of answers that are empty or refuse (candidate - other); ok up to limit.
 - kl_per_token: KL(candidate || other) in nats per token along the candidate's own greedy answers on
   the held-out prompts (from likelihood.token_kl); ok up to limit.
@@ -31,11 +34,13 @@ def is_refusal(text: str) -> bool:
     return not text.strip() or REFUSAL.match(text) is not None
 
 
-def length_ratio(candidate: Sequence[str], other: Sequence[str], limit: float) -> Guard:
+def length_ratio(candidate: Sequence[str], other: Sequence[str], limit: float, floor: float | None = None) -> Guard:
+    """`floor` None: symmetric, 1 / limit."""
     mean_c = sum(map(words, candidate)) / max(len(candidate), 1)
     mean_o = sum(map(words, other)) / max(len(other), 1)
     ratio = mean_c / mean_o if mean_o > 0 else (1.0 if mean_c == 0 else mean_c)  # vs empty answers: words
-    return {"value": ratio, "limit": limit, "ok": 1.0 / limit <= ratio <= limit,
+    low = 1.0 / limit if floor is None else floor
+    return {"value": ratio, "limit": limit, "floor": low, "ok": low <= ratio <= limit,
             "candidate_words": mean_c, "other_words": mean_o}
 
 
@@ -63,7 +68,7 @@ def failed(guards: dict[str, Guard]) -> list[str]:
             continue
         if name == "length_ratio":
             out.append(f"guard length_ratio: answers are {g['value']:.2f}x as long ({g['candidate_words']:.1f} vs "
-                       f"{g['other_words']:.1f} words), outside [{1 / g['limit']:.2f}, {g['limit']:.2f}]")
+                       f"{g['other_words']:.1f} words), outside [{g['floor']:.2f}, {g['limit']:.2f}]")
         elif name.startswith("aspect:"):
             out.append(f"guard {name}: win rate on the aspect fell {-g['value']:.2f} below 0.5 "
                        f"(limit {-g['limit']:.2f}, {g['rated_answers']} rated answers)")

@@ -141,7 +141,7 @@ def evaluate(engine: Engine, candidate: str, against: str = "active", *, cfg: Ev
     judges = [{"name": r.name, **_finite(win_rate(list(r.outcomes.values()), n_resamples=cfg.n_bootstrap,
                                                   confidence=cfg.confidence, seed=cfg.seed).as_dict()),
                **r.detail} for r in results]
-    guards = {"length_ratio": g.length_ratio(answers_c, answers_o, cfg.max_length_ratio),
+    guards = {"length_ratio": g.length_ratio(answers_c, answers_o, cfg.max_length_ratio, cfg.min_length_ratio),
               "refusal_increase": g.refusal_increase(answers_c, answers_o, cfg.max_refusal_increase),
               "kl_per_token": g.kl_per_token(kl_total, kl_tokens, cfg.max_kl),
               **_aspect_guards(prompts, moves, cfg)}
