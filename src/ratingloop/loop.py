@@ -53,14 +53,16 @@ ALTERNATIVE = {"dpo": "; or train --method kto or sft, which need no pairs"}
 
 
 def train_from_store(engine: Engine, method: str, *, out_dir: Path, base: str | Path | None = None,
-                     cfg: TrainConfig | None = None, build_cfg: BuildConfig | None = None,
+                     cfg: TrainConfig | Callable[[int], TrainConfig] | None = None,
+                     build_cfg: BuildConfig | None = None,
                      signals_cfg: SignalsConfig | None = None, parent_version_id: str | None = None,
                      round_id: str | None = None, progress: bool = True, callbacks: Sequence[Any] = ()
                      ) -> TrainResult:
     """Record a signals run, build the method's dataset from it into OUT/data, and train on it.
 
-    Under `accelerate launch` only the main process records and builds; the others wait for it and
-    train on the same folder."""
+    `cfg` may be a function of the number of train rows the build kept (the loop sizes its steps by the
+    data: `train.config.loop_train_config`). Under `accelerate launch` only the main process records and
+    builds; the others wait for it and train on the same folder."""
     out_dir = Path(out_dir)
     data_dir = out_dir / "data"
     if method not in METHODS:  # before anything is written
@@ -71,10 +73,15 @@ def train_from_store(engine: Engine, method: str, *, out_dir: Path, base: str | 
             check_out_dir(out_dir)  # before the build replaces OUT/data of a model already there
             try:
                 signals = record_signals(engine, signals_cfg or SignalsConfig())
-                build_dataset(engine, fmt, data_dir, build_cfg or BuildConfig(), signals)
+                built = build_dataset(engine, fmt, data_dir, build_cfg or BuildConfig(), signals)
             except RatingloopError as e:
                 raise RatingloopError(f"train --method {method}: cannot build its dataset from the store: {e}"
                                       f"{ALTERNATIVE.get(method, '')}") from e
+    if callable(cfg):
+        if not is_main_process():
+            raise ConfigError("a training config sized by the data needs the main process's build; under "
+                              "`accelerate launch` pass a TrainConfig")
+        cfg = cfg(built.n_train)
     return train(engine, method, out_dir=out_dir, data_dir=data_dir, base=base, cfg=cfg,
                  parent_version_id=parent_version_id, round_id=round_id, progress=progress, callbacks=callbacks)
 
@@ -122,16 +129,26 @@ class RoundSpec:
         mine = [o for o in self.overrides if o.split("=", 1)[0].strip().startswith(name + ".")]
         return load_section(cls, name, Path(self.config) if self.config else None, mine, defaults)
 
+    def train_config(self, n_rows: int) -> TrainConfig:
+        """The round's training settings for `n_rows` kept rows: what the config file and --set say, over the
+        loop's sizing by the data (steps, batch, learning rate: `train.config.loop_train_config`)."""
+        from ratingloop.pipeline_config import section_values
+        from ratingloop.train.config import loop_train_config
+
+        mine = [o for o in self.overrides if o.split("=", 1)[0].strip().startswith("train.")]
+        self.section(TrainConfig, "train")  # names an unknown key or a wrong type before anything runs
+        return loop_train_config(self.method, n_rows,
+                                 **section_values("train", Path(self.config) if self.config else None, mine))
+
     def check(self) -> None:
         """Every setting resolves (names the bad key) before a round is recorded."""
         from ratingloop.evaluate import EvalConfig
-        from ratingloop.train.config import METHOD_DEFAULTS
 
         dataset_format(self.method)
         stray = [o for o in self.overrides if o.split("=", 1)[0].strip().split(".")[0] not in SECTIONS]
         if stray:
             raise ConfigError(f"--set {stray[0]!r}: write SECTION.KEY=VALUE with SECTION one of {', '.join(SECTIONS)}")
-        self.section(TrainConfig, "train", METHOD_DEFAULTS.get(self.method)).validate()
+        self.train_config(100).validate()
         self.section(BuildConfig, "build")
         self.section(SignalsConfig, "signals")
         self.section(EvalConfig, "eval")
@@ -159,7 +176,6 @@ def run_round(engine: Engine, round_id: str, spec_dict: dict[str, Any]) -> dict[
 def _train_step(engine: Engine, round_id: str, spec: RoundSpec) -> dict[str, Any]:
     from ratingloop.models.registry import active_version, fail_run, list_runs, list_versions
     from ratingloop.train import resume
-    from ratingloop.train.config import METHOD_DEFAULTS
 
     earlier = [r for r in list_runs(engine) if r.round_id == round_id]  # a crash ran this step before
     for run in earlier:
@@ -180,7 +196,7 @@ def _train_step(engine: Engine, round_id: str, spec: RoundSpec) -> dict[str, Any
     try:
         result = train_from_store(
             engine, spec.method, out_dir=out_dir, base=spec.base,
-            cfg=spec.section(TrainConfig, "train", METHOD_DEFAULTS.get(spec.method)),
+            cfg=spec.train_config,
             build_cfg=spec.section(BuildConfig, "build"), signals_cfg=spec.section(SignalsConfig, "signals"),
             parent_version_id=active.id if active else None, round_id=round_id, progress=False)
     except Exception as e:  # noqa: BLE001 - any training failure fails the round, recorded with its reason

@@ -25,7 +25,21 @@ T = TypeVar("T")
 def load_section(cls: type[T], section: str, file: Path | None = None, overrides: list[str] | None = None,
                  defaults: dict[str, Any] | None = None) -> T:
     """`cls()` with `defaults`, then the `[section]` table of `file`, then `section.key=value` overrides."""
-    values: dict[str, Any] = dict(defaults or {})
+    values = dict(defaults or {}) | section_values(section, file, overrides)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    problems = [f"{section}.{k}: unknown key; known: {', '.join(sorted(fields))}" for k in values if k not in fields]
+    for name, value in values.items():
+        if name in fields and not _fits(value, fields[name].default):
+            problems.append(f"{section}.{name}={value!r}: expected {type(fields[name].default).__name__}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cls(**values)
+
+
+def section_values(section: str, file: Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Only what the `[section]` table of `file` and the `section.key=value` overrides set (unchecked), for
+    callers whose defaults depend on more than the dataclass (the loop sizes training by the data)."""
+    values: dict[str, Any] = {}
     if file is not None:
         data = _read(Path(file))
         table = data.get(section, {})
@@ -38,14 +52,7 @@ def load_section(cls: type[T], section: str, file: Path | None = None, overrides
         if not sep or "." in name:
             raise ConfigError(f"--set {item!r}: write {section}.KEY=VALUE, e.g. {section}.z=1.5")
         values[name] = _parse(raw.strip())
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    problems = [f"{section}.{k}: unknown key; known: {', '.join(sorted(fields))}" for k in values if k not in fields]
-    for name, value in values.items():
-        if name in fields and not _fits(value, fields[name].default):
-            problems.append(f"{section}.{name}={value!r}: expected {type(fields[name].default).__name__}")
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return cls(**values)
+    return values
 
 
 def _read(file: Path) -> dict[str, Any]:
