@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/content.py
 	$(PY) bench/reward.py
 	$(PY) bench/train.py
+	$(PY) bench/loop.py --seeds 3 --naive-max-steps 16
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,9 +3,9 @@
 It starts a real `ratingloop serve --backend none` on a fresh SQLite store in a temporary folder,
 logs an interaction and rates it the way a product's server and an end user's browser would, shows
 how bad input is refused, imports the example file, prints the store's stats and the rater model,
-then trains: KTO on the default model from those rewards, a fast reward model beside it, and the
-base's and the trained model's answers to held-out questions side by side with their rewards.
-The evaluation gate and the loop that automates all this extend the walk-through as they land.
+then runs one round of the loop on the default model - signals, build, KTO training, the evaluation
+against the base on held-out questions (a fast reward model beside it as a judge), and the gate's
+verdict - and shows the base's and the candidate's answers to held-out questions side by side.
 """
 
 from __future__ import annotations
@@ -137,18 +137,18 @@ def _walk_through(base: str, db: str, out: Console) -> None:
 
 DEMO_STEPS = 8  # a taste, not a schedule: 8 KTO steps on ~40 answers, a minute or two on a laptop CPU
 DEMO_LR = 5e-4  # the kto default (5e-5) suits a full epoch over real data; a taste of 8 steps needs larger ones
-HELD_OUT = 3
+DEMO_SETTINGS = (f"train.max_steps={DEMO_STEPS}", f"train.learning_rate={DEMO_LR}", "train.logging_steps=1",
+                 "train.save_steps=0", "eval.max_prompts=16", "eval.max_tokens=64")
+SHOWN = 3  # held-out questions shown side by side
 
 
 def _train_and_compare(db: str, tmp: Path, out: Console, err: Console) -> None:
-    from datasets import load_from_disk
-
-    from ratingloop.loop import train_from_store
-    from ratingloop.models import generate, load_for_generation, pull_default_model
-    from ratingloop.models.generate import Prompt
+    from ratingloop.loop import RoundSpec, run_loop, train_from_store
+    from ratingloop.models import pull_default_model
+    from ratingloop.models.registry import get_version, latest_evaluation
+    from ratingloop.rounds import list_rounds
     from ratingloop.store import open_engine
     from ratingloop.train import TrainConfig
-    from ratingloop.train.scoring import load_scorer
 
     step = _Steps(out, start=9)
     engine = open_engine(db)
@@ -156,42 +156,84 @@ def _train_and_compare(db: str, tmp: Path, out: Console, err: Console) -> None:
     base = pull_default_model(console=err).path
     out.print(f"{base}")
 
-    step(f"Train KTO on it from the debiased rewards, {DEMO_STEPS} steps (ratingloop train --method kto)")
-    kto = train_from_store(engine, "kto", out_dir=tmp / "kto-1",
-                           cfg=TrainConfig.for_method("kto", max_steps=DEMO_STEPS, learning_rate=DEMO_LR,
-                                                      logging_steps=1, save_steps=0))
-    m = kto.metrics
-    out.print(f"candidate {kto.version_id}: {m['train_rows']} answers, {m['steps']} steps, "
-              f"loss {m['first_loss']:.3f} -> {m['last_loss']:.3f}, {m['tokens_per_s']:.0f} tokens/s")
-
-    step("A reward model on the same rewards, on frozen sentence embeddings "
+    step("A reward model on the debiased rewards, on frozen sentence embeddings - one of the gate's judges "
          "(ratingloop train --method reward --set train.reward_backbone=embed)")
     rm = train_from_store(engine, "reward", out_dir=tmp / "rm-1",
                           cfg=TrainConfig.for_method("reward", reward_backbone="embed"), progress=False)
     out.print(f"reward model {rm.version_id}: " + ", ".join(
         f"{k} {v:.2f}" for k, v in rm.metrics.items() if k.startswith("eval_") and isinstance(v, float)))
 
-    step("Held-out questions (never trained on): the base's and the trained model's answers, "
-         "scored by the reward model")
-    eval_dir = kto.out_dir / "data" / "eval"
-    rows = list(load_from_disk(str(eval_dir))) if eval_dir.exists() else []
-    questions = list({r["prompt"][-1]["content"]: r["prompt"] for r in rows}.values())[:HELD_OUT]
-    prompts = [Prompt(id=i, messages=q) for i, q in enumerate(questions)]
-    answers = {name: [a["response"] for a in generate(load_for_generation(ref), prompts, max_tokens=80)]
-               for name, ref in (("base", str(base)), ("trained", str(kto.out_dir)))}
-    scorer = load_scorer(rm.out_dir)
-    table = Table("question", "base answer", "trained answer", show_lines=True)
-    rewards = {name: scorer.score(questions, texts)[0] for name, texts in answers.items()}
-    for i, q in enumerate(questions):
-        table.add_row(q[-1]["content"], f"{_clip(answers['base'][i])}\n[dim]reward {rewards['base'][i]:+.2f}[/]",
-                      f"{_clip(answers['trained'][i])}\n[dim]reward {rewards['trained'][i]:+.2f}[/]")
+    step(f"One round of the loop: signals -> build -> train KTO ({DEMO_STEPS} steps) -> eval -> gate "
+         f"(ratingloop loop --once --method kto {' '.join('--set ' + x for x in DEMO_SETTINGS)})")
+    spec = RoundSpec(method="kto", overrides=DEMO_SETTINGS, out_root=str(tmp / "loop"))
+    with err.status("running the round (training, then both versions answer the held-out questions) ..."):
+        [outcome] = run_loop(engine, spec, once=True, say=lambda line: err.print(line, highlight=False))
+    [round_] = list_rounds(engine, limit=1)
+    steps = Table("step", "status", "seconds", "what it did")
+    for s in round_.steps:
+        steps.add_row(s.name, s.status, f"{s.duration_s or 0:.0f}", _step_summary(s.name, s.detail))
+    out.print(steps)
+    if outcome["outcome"] == "failed":
+        out.print(f"[red]the round failed[/]: {outcome['error']}")
+        return
+
+    step("The gate's evidence (ratingloop eval --candidate V --json): held-out prompts, judges, guards, verdict")
+    version = get_version(engine, outcome["version_id"])
+    report = (latest_evaluation(engine, version.id) or {}).get("report") or {}
+    _show_report(report, out)
+    out.print(f"candidate {version.id} is now [bold]{version.status}[/]: the "
+              + ("base model keeps serving" if version.status != "active" else "version that serves"))
+
+    step("Held-out questions (never trained on): what the base and the candidate answered in the evaluation")
+    _side_by_side(report, out)
+    out.print(f"\n[bold]Honestly[/]: {DEMO_STEPS} steps on a few dozen rated answers change how a 135M model answers, "
+              "but seldom by enough that the judges can tell on a handful of held-out questions, so the gate usually "
+              "keeps the base serving - which is its job: a candidate serves only when the evidence says it is "
+              "better. `ratingloop loop` repeats this round as ratings arrive; `bench/results.md` shows what a "
+              "default round achieves on a few hundred ratings.")
+
+
+def _step_summary(name: str, detail: dict[str, Any]) -> str:
+    if name == "train" and detail.get("metrics"):
+        m = detail["metrics"]
+        return (f"candidate {detail.get('version_id')}: {m.get('train_rows')} rows, {m.get('steps')} steps, "
+                f"loss {m.get('first_loss') or 0:.3f} -> {m.get('last_loss') or 0:.3f}")
+    if name == "eval" and "win_rate" in detail:
+        return f"{detail.get('n_prompts')} held-out prompts, win rate {_pct(detail.get('win_rate'))}"
+    if name == "gate":
+        return f"{detail.get('outcome')}: " + "; ".join(detail.get("reasons") or [])
+    return str(detail.get("reason") or detail.get("error") or "")
+
+
+def _show_report(report: dict[str, Any], out: Console) -> None:
+    out.print(f"{report.get('n_prompts')} held-out prompts; win rate {_pct(report.get('win_rate'))} "
+              f"(95% CI {_pct(report.get('ci_low'))} - {_pct(report.get('ci_high'))}), length-controlled "
+              f"{_pct(report.get('lc_win_rate'))}; verdict [bold]{report.get('verdict')}[/]", highlight=False)
+    judges = Table("judge", "prompts / answers", "win rate", "95% CI")
+    for j in report.get("judges") or []:
+        judges.add_row(j["name"], str(j.get("n")), _pct(j.get("win_rate")),
+                       f"{_pct(j.get('ci_low'))} - {_pct(j.get('ci_high'))}")
+    out.print(judges)
+    guards = Table("guard", "value", "limit", "ok")
+    for name, g in (report.get("guards") or {}).items():
+        guards.add_row(name, f"{g['value']:.3f}", f"{g['limit']:.3f}", "yes" if g["ok"] else "[red]no[/]")
+    out.print(guards)
+    for reason in report.get("reasons") or []:
+        out.print(f"  - {reason}", highlight=False)
+
+
+def _side_by_side(report: dict[str, Any], out: Console) -> None:
+    table = Table("question", f"{report.get('against')} answer", "candidate answer", "judges: candidate",
+                  show_lines=True)
+    for ex in (report.get("examples") or [])[:SHOWN]:
+        verdict = "better" if ex["outcome"] > 0.5 else "worse" if ex["outcome"] < 0.5 else "tie"
+        table.add_row(ex["messages"][-1]["content"], _clip(ex["against"]), _clip(ex["candidate"]),
+                      f"{verdict} ({ex['outcome']:.2f})")
     out.print(table)
-    out.print(f"\n[bold]Honestly[/]: {DEMO_STEPS} steps on {m['train_rows']} rated answers change how a 135M model "
-              "answers, but teach it little that holds beyond these questions, and a reward model fitted on a few "
-              "dozen answers barely tells answers apart (near-equal rewards above). What turns this into a loop - "
-              "the evaluation gate that promotes a candidate only when it beats the active version on held-out "
-              "ratings, and `ratingloop loop` that runs build -> train -> evaluate -> promote as ratings arrive - "
-              "comes in the next issues; this demo grows with them.")
+
+
+def _pct(x: Any) -> str:
+    return f"{x:.2f}" if isinstance(x, (int, float)) else "-"
 
 
 def _clip(text: str, n: int = 240) -> str:
