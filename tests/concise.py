@@ -25,8 +25,9 @@ LONG_WORDS = 90
 MAX_PROMPT_WORDS = 60
 
 
-def oasst_questions() -> list[tuple[str, str]]:
-    """(question, first answer) for each tree whose question is short; fails under CI if the file is missing."""
+def oasst_threads() -> list[tuple[str, list[dict[str, Any]]]]:
+    """(question, its assistant replies) for each tree whose question is short; fails under CI if the file
+    is missing."""
     if not OASST.is_file():
         if os.environ.get("CI") == "true":
             pytest.fail(f"{OASST} is missing; CI needs ../shared/data")
@@ -36,9 +37,14 @@ def oasst_questions() -> list[tuple[str, str]]:
         prompt = json.loads(line)["prompt"]
         replies = [r for r in prompt["replies"] if r["role"] == "assistant" and not r["deleted"]]
         if replies and len(prompt["text"].split()) <= MAX_PROMPT_WORDS:
-            best = min(replies, key=lambda r: r.get("rank") if r.get("rank") is not None else 99)
-            found.append((prompt["text"].strip(), best["text"].strip()))
+            found.append((prompt["text"].strip(), replies))
     return found
+
+
+def oasst_questions() -> list[tuple[str, str]]:
+    """(question, its best-ranked answer) for each tree whose question is short."""
+    return [(question, min(replies, key=lambda r: r.get("rank") if r.get("rank") is not None else 99)["text"].strip())
+            for question, replies in oasst_threads()]
 
 
 def concise_and_long(answer: str) -> tuple[str, str] | None:

@@ -25,11 +25,10 @@ from ratingloop.models.registry import (
     start_run,
 )
 from ratingloop.store import open_engine
-from tiny import tiny_causal_lm, tiny_tokenizer
+from tiny import CHAT_TEXTS, save_random_adapter, save_varied_base
 
 runner = CliRunner()
-TEXTS = ["What is the capital of France?", "Paris is the capital of France.", "Tell me a joke about cats.",
-         "Why is the sky blue? Rayleigh scattering of sunlight.", "Hello there, how are you today?"]
+TEXTS = CHAT_TEXTS
 
 
 def cli(*args: str) -> Any:
@@ -41,36 +40,12 @@ def cli(*args: str) -> Any:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama whose greedy answers vary (larger layer weights than the default init)."""
-    import torch
-
-    path = tmp_path_factory.mktemp("base")
-    tok = tiny_tokenizer(TEXTS)
-    model = tiny_causal_lm(tok)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2 and "embed" not in name:
-                param.normal_(0, 0.5)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_varied_base(tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(scope="module")
 def adapter(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA adapter with random B as well, so it visibly changes the base's answers."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False,
-        task_type="CAUSAL_LM"))
-    path = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(path)
-    return path
+    return save_random_adapter(base, tmp_path_factory.mktemp("adapter"))
 
 
 def register(engine: Engine, adapter: Path, base: Path, method: str = "kto") -> str:

@@ -15,7 +15,6 @@ loop's defaults (no --set train.*). About 10-15 minutes on 2 idle cores.
 from __future__ import annotations
 
 import json
-import os
 import random
 import statistics
 from pathlib import Path
@@ -25,29 +24,20 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from concise import oasst_threads
 from ratingloop.cli import app
 from ratingloop.simulate import AskerConfig, cut_variants, grader_for, single_rated
 from ratingloop.store import open_engine
 from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
 
-OASST = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasst_en_100_tree.jsonl"
 HELD_OUT = 20
 ANSWER_TOKENS = 128
 
 
 def oasst_world(seed: int = 0) -> tuple[list[bytes], list[dict[str, Any]]]:
     """Import lines for the simulated store, and the held-out questions as generate's prompts."""
-    if not OASST.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{OASST} is missing; CI needs ../shared/data")
-        pytest.skip(f"{OASST} is missing")
-    questions = []
-    for line in OASST.read_text().splitlines():
-        prompt = json.loads(line)["prompt"]
-        replies = [r["text"].strip() for r in prompt["replies"] if r["role"] == "assistant" and not r["deleted"]]
-        if replies and len(prompt["text"].split()) <= 60:
-            questions.append((prompt["text"].strip(), replies))
+    questions = [(q, [r["text"].strip() for r in replies]) for q, replies in oasst_threads()]
     random.Random(1234).shuffle(questions)  # the same held-out questions as bench/loop.py
     held, train = questions[:HELD_OUT], questions[HELD_OUT:]
     rng = np.random.default_rng(seed)

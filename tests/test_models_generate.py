@@ -19,45 +19,19 @@ from ratingloop.models import (
     read_prompts,
     resolve_model,
 )
-from tiny import tiny_causal_lm, tiny_tokenizer
+from tiny import CHAT_TEXTS, save_random_adapter, save_varied_base
 
-TEXTS = ["What is the capital of France?", "Paris is the capital of France.", "Tell me a joke about cats.",
-         "Why is the sky blue? Rayleigh scattering of sunlight.", "Hello there, how are you today?"]
+TEXTS = CHAT_TEXTS
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    path = tmp_path_factory.mktemp("tiny-model")
-    tok = tiny_tokenizer(TEXTS)
-    model = tiny_causal_lm(tok)
-    # At the default init the tied embeddings dominate and greedy decoding just repeats the last
-    # prompt token (whitespace); larger layer weights make answers varied, so the tests mean something.
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2 and "embed" not in name:
-                param.normal_(0, 0.5)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_varied_base(tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    # init_lora_weights=False: B is random too, so the adapter visibly changes the answers
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"],
-                                                 init_lora_weights=False, task_type="CAUSAL_LM"))
-    path = tmp_path_factory.mktemp("tiny-adapter")
-    peft_model.save_pretrained(path)
-    return path
+    return save_random_adapter(tiny_dir, tmp_path_factory.mktemp("adapter"))
 
 
 def _prompts(*texts: str) -> list[Any]:

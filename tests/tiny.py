@@ -14,6 +14,7 @@ chat template. Reused by the build tests and the training tests:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Iterable
 
 # No network in tests: transformers, datasets and TRL must never try the hub.
@@ -85,3 +86,41 @@ def trainer_args() -> dict[str, Any]:
     return {"max_steps": 1, "per_device_train_batch_size": 2, "report_to": [], "use_cpu": True, "bf16": False,
             "save_strategy": "no", "logging_steps": 1, "gradient_checkpointing": False, "disable_tqdm": True,
             "dataloader_num_workers": 0}
+
+
+# A few chat texts for generation tests; the varied model below answers them differently from each other.
+CHAT_TEXTS = ["What is the capital of France?", "Paris is the capital of France.", "Tell me a joke about cats.",
+              "Why is the sky blue? Rayleigh scattering of sunlight.", "Hello there, how are you today?"]
+
+
+def save_varied_base(path: Path) -> Path:
+    """A tiny random Llama whose greedy answers vary, saved as a model folder. At the default init the tied
+    embeddings dominate and greedy decoding just repeats the last prompt token (whitespace); larger layer
+    weights make answers varied, so generation tests mean something."""
+    import torch
+
+    tok = tiny_tokenizer(CHAT_TEXTS)
+    model = tiny_causal_lm(tok)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and "embed" not in name:
+                param.normal_(0, 0.5)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def save_random_adapter(base: Path, path: Path) -> Path:
+    """A LoRA adapter of `base` with random B as well (init_lora_weights=False), so it visibly changes the
+    base's answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+        r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False,
+        task_type="CAUSAL_LM"))
+    model.save_pretrained(path)
+    return path
