@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import IO, Annotated, Any, Iterator, Optional
 
@@ -634,6 +635,9 @@ def loop_status(
 def main() -> None:
     logging.basicConfig(level=os.environ.get("RATINGLOOP_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # TRL's unwrap_model_for_generation reads the deprecated attribute on every evaluation and generation
+    # step; the warning is about TRL's code, not the user's, and would repeat on every run's terminal
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     try:
         app()
     except RatingloopError as e:
