@@ -576,8 +576,6 @@ def loop(
         return
     from ratingloop.loop import RoundSpec, run_loop
 
-    for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):  # unattended: quiet
-        os.environ.setdefault(name, "1")
     spec = RoundSpec(method=method, base=base, config=str(config.resolve()) if config else None,
                      overrides=tuple(set_ or ()), out_root=str(out_dir.resolve()))
     try:

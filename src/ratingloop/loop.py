@@ -279,6 +279,7 @@ def run_loop(engine: Engine, spec: RoundSpec, *, once: bool, min_new_ratings: in
     """Resume what a killed loop left, then run rounds: `once` one now if any rating arrived since the
     last round; else whenever `min_new_ratings` arrived or `every_s` passed with at least one new rating."""
     spec.check()
+    _quiet_libraries()
     outcomes: list[dict[str, Any]] = []
     with runner_lock(engine, wait=wait_for_lock), Durable(engine, partial(run_round, engine)) as durable:
         pending = set(durable.pending())
@@ -300,6 +301,16 @@ def run_loop(engine: Engine, spec: RoundSpec, *, once: bool, min_new_ratings: in
             say(f"starting a round: {trigger}")
             outcomes.append(durable.run(start_round(engine, trigger=trigger, spec=spec.as_dict()), spec.as_dict()))
     return outcomes
+
+
+def _quiet_libraries() -> None:
+    """A round runs unattended: no per-file bars from datasets (saving, tokenising) or transformers (loading,
+    saving weights) between the round's own lines; warnings still go to the log."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _wait_for_trigger(engine: Engine, min_new: int, every_s: float | None, poll_s: float) -> str:
