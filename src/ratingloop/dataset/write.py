@@ -38,6 +38,18 @@ def content_hash(train: Sequence[Row], eval_: Sequence[Row]) -> str:
 
 def write_splits(out_dir: Path, train: Sequence[Row], eval_: Sequence[Row]) -> None:
     from datasets import Dataset  # heavy (pyarrow, pandas): only when a build writes
+    from datasets.utils import logging as datasets_logging
+
+    was_on = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()  # a "Saving the dataset" bar per split; the build has its own status
+    try:
+        _save_splits(out_dir, train, eval_, Dataset)
+    finally:
+        if was_on:
+            datasets_logging.enable_progress_bar()
+
+
+def _save_splits(out_dir: Path, train: Sequence[Row], eval_: Sequence[Row], Dataset: Any) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     train_ds = Dataset.from_list([r.data for r in train])
