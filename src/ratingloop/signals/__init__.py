@@ -22,7 +22,7 @@ loads scikit-learn and the sentence encoder when it runs). Other stages import f
 
 from ratingloop.signals.observations import RawRatings
 from ratingloop.signals.report import InteractionSignal, RaterSignal, SignalsConfig
-from ratingloop.signals.runs import StoredSignals, latest_run_id, load_signals, ratings_since, record_signals
+from ratingloop.signals.runs import StoredSignals, load_signals, ratings_since, record_signals
 
-__all__ = ["InteractionSignal", "RaterSignal", "RawRatings", "SignalsConfig", "StoredSignals", "latest_run_id",
-           "load_signals", "ratings_since", "record_signals"]
+__all__ = ["InteractionSignal", "RaterSignal", "RawRatings", "SignalsConfig", "StoredSignals", "load_signals",
+           "ratings_since", "record_signals"]

@@ -104,16 +104,10 @@ def load_signals(engine: Engine, run_id: str | None = None) -> StoredSignals:
         return _read(conn, run)
 
 
-def latest_run_id(engine: Engine) -> str | None:
-    """The newest signals run's id, or None (cheap: no rows read)."""
-    r = t.signals_runs.c
-    with engine.connect() as conn:
-        return conn.execute(select(r.id).order_by(r.created_at.desc(), r.id.desc()).limit(1)).scalar()
-
-
 def ratings_since(engine: Engine, stored: StoredSignals) -> int:
     """How many ratings the store holds that `stored` did not read (arrived after it, or imported with
-    an older timestamp since): what a build warns about and the loop's trigger counts."""
+    an older timestamp since): what a build warns about. (The loop's trigger counts against its last
+    round instead: `rounds.new_ratings`.)"""
     c = t.ratings.c
     with engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(t.ratings)).scalar_one()
