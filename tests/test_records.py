@@ -42,6 +42,10 @@ def interaction(limits: Limits = LIMITS, **fields: Any) -> tuple[CleanInteractio
     return clean_interaction(raw, limits, lambda content_hash: "i-" + content_hash[:26])
 
 
+def _nested(depth: int) -> Any:
+    return {"a": _nested(depth - 1)} if depth else 1
+
+
 def only_error(errors: list[FieldError]) -> FieldError:
     assert len(errors) == 1, errors
     return errors[0]
@@ -123,8 +127,8 @@ def test_naive_timestamp_is_taken_as_utc() -> None:
         ({"kind": "stars"}, "value", "needs a finite number"),
         ({"kind": "stars", "value": "4"}, "value", "needs a finite number"),
         ({"kind": "stars", "value": True}, "value", "needs a finite number"),
-        ({"kind": "stars", "value": float("nan")}, "value", "needs a finite number"),
-        ({"kind": "stars", "value": float("inf")}, "value", "needs a finite number"),
+        ({"kind": "stars", "value": float("nan")}, "value", "finite number"),
+        ({"kind": "stars", "value": float("inf")}, "value", "finite number"),
         ({"kind": "stars", "value": 3, "scale": [5, 1]}, "scale", "min < max"),
         ({"kind": "stars", "value": 3, "scale": [3, 3]}, "scale", "min < max"),
         ({"kind": "scale", "value": 3}, "scale", "required for kind 'scale'"),
@@ -317,3 +321,65 @@ def test_one_bad_rating_rejects_the_whole_interaction_and_names_each_problem() -
 def test_error_nesting_helper() -> None:
     assert FieldError("value", "bad").within("items[2]").field == "items[2].value"
     assert FieldError("[0]", "bad").within("items").field == "items[0]"
+
+
+# -- "accepted" means storable and exportable on both databases (issue 10, class 1) ----------------------------
+
+@pytest.mark.parametrize(
+    "fields, field, reason_part",
+    [
+        ({"kind": "implicit", "signal": "copy", "value": 1e20}, "value", "within ±1e+12"),
+        ({"kind": "implicit", "signal": "copy", "value": 2**70}, "value", "within ±1e+12"),
+        ({"kind": "implicit", "signal": "copy", "value": -(10**400)}, "value", "within ±1e+12"),
+        ({"kind": "scale", "value": 2, "scale": [1, 1e20]}, "scale", "beyond the limit"),
+        ({"kind": "comment", "text": "fine\x00then"}, "text", "NUL character"),
+        ({"kind": "comment", "text": "half \ud800 a pair"}, "text", "lone surrogate"),
+        ({"kind": "thumbs", "value": 1, "rater_id": "u\x001"}, "rater_id", "NUL character"),
+        ({"kind": "thumbs", "value": 1, "idempotency_key": "k\x00"}, "idempotency_key", "NUL character"),
+        ({"kind": "thumbs", "value": 1, "idempotency_key": "k\n2"}, "idempotency_key", "control character"),
+        ({"kind": "thumbs", "value": "up\x00"}, "value", "NUL character"),
+        ({"kind": "thumbs", "value": 1, "created_at": "9999-12-31T23:59:59-05:00"}, "created_at", "between 1900"),
+        ({"kind": "thumbs", "value": 1, "created_at": "0001-01-01T00:00:00+05:00"}, "created_at", "between 1900"),
+    ],
+)
+def test_unstorable_ratings_are_refused_by_name(fields: dict[str, Any], field: str, reason_part: str) -> None:
+    rating, errors = rate(**fields)
+    assert rating is None
+    error = only_error(errors)
+    assert (error.field, error.status) == (field, 422)
+    assert reason_part in error.reason
+
+
+@pytest.mark.parametrize(
+    "fields, field, reason_part",
+    [
+        ({"tags": {"n": 2**70}}, "tags.n", "exceeds 64 bits"),
+        ({"tags": {"x": [1, float("nan")]}}, "tags.x[1]", "not a finite number"),
+        ({"tags": {"x": {"y": float("inf")}}}, "tags.x.y", "not a finite number"),
+        ({"tags": {"note": "a\x00b"}}, "tags.note", "NUL character"),
+        ({"tags": {"k\x00": 1}}, "tags", "NUL character"),
+        ({"product": "chat\x00"}, "product", "NUL character"),
+        ({"response": "ok\x00"}, "response", "NUL character"),
+        ({"messages": [{"role": "user", "content": "hi\x00"}]}, "messages[0].content", "NUL character"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+         "messages[0].content[0].text", "lone surrogate"),
+        ({"id": "chat-\x07"}, "id", "control character"),
+        ({"user_id": "u\x00"}, "user_id", "NUL character"),
+        ({"prompt_tokens": 2**40}, "prompt_tokens", "less than or equal"),
+        ({"latency_ms": 1e300}, "latency_ms", "less than or equal"),
+        ({"latency_ms": float("nan")}, "latency_ms", "finite number"),
+        ({"created_at": "9999-12-31T23:59:59-05:00"}, "created_at", "between 1900"),
+        ({"tags": {"deep": _nested(40)}}, "tags.deep" + ".a" * 31, "nested deeper"),
+    ],
+)
+def test_unstorable_interactions_are_refused_by_name(fields: dict[str, Any], field: str, reason_part: str) -> None:
+    inter, errors = interaction(**fields)
+    assert inter is None
+    error = only_error(errors)
+    assert (error.field, error.status) == (field, 422)
+    assert reason_part in error.reason
+
+
+def test_non_latin_ids_and_texts_are_fine() -> None:
+    inter, errors = interaction(id="chat-😀", user_id="José", response="日本語 ✓", tags={"emoji": "😀"})
+    assert errors == [] and inter is not None and inter.id == "chat-😀"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ratingloop.errors import FieldError
 
@@ -22,6 +23,94 @@ KINDS = ("thumbs", "stars", "scale", "aspect", "comment", "correction", "implici
 SOURCES = ("end_user", "annotator", "simulated", "judge")
 Kind = Literal["thumbs", "stars", "scale", "aspect", "comment", "correction", "implicit"]
 Source = Literal["end_user", "annotator", "simulated", "judge"]
+
+# "Accepted" must mean "storable and exportable on both databases": every bound below is something
+# SQLite, PostgreSQL or the export's JSON cannot hold (NUL in text, integers past 64 bits, years past
+# 9999 after moving to UTC), set well beyond any real rating, latency or timestamp.
+MAX_NUMBER = 1e12  # |value|, scale bounds, latency_ms
+MAX_TOKENS = 2**31 - 1  # token counts: a 32-bit column
+MAX_JSON_INT = 2**63 - 1  # integers inside tags and messages
+MAX_JSON_DEPTH = 32
+EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(3000, 1, 1, tzinfo=timezone.utc)
+
+
+def text_problem(value: str, *, is_id: bool = False) -> str | None:
+    """Why `value` cannot be stored as text everywhere (None when it can)."""
+    if "\x00" in value:
+        return "contains a NUL character (\\u0000), which PostgreSQL cannot store"
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        return "contains a lone surrogate (\\ud800-\\udfff), which is not text"
+    if is_id and any(unicodedata.category(c) == "Cc" for c in value):
+        return "contains a control character; ids are printable text"
+    return None
+
+
+def _safe_text(value: Any) -> Any:
+    problem = text_problem(value) if isinstance(value, str) else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _safe_id(value: Any) -> Any:
+    problem = text_problem(value, is_id=True) if isinstance(value, str) else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _in_range(value: datetime) -> datetime:
+    """The timestamp in UTC, if it lies between 1900 and 3000 there."""
+    try:
+        stamped = utc(value)
+    except OverflowError:
+        stamped = None
+    if stamped is None or not EARLIEST <= stamped < LATEST:
+        raise ValueError("must lie between 1900-01-01 and 3000-01-01 (UTC)")
+    return stamped
+
+
+def json_problems(value: Any, path: str, depth: int = 0) -> list[FieldError]:
+    """What in a free-form JSON value (tags, message parts) no database or JSON reader can hold."""
+    if isinstance(value, str):
+        problem = text_problem(value)
+        return [FieldError(path, problem)] if problem else []
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, int):
+        return [] if abs(value) <= MAX_JSON_INT else [FieldError(path, f"integer {_short(value)} exceeds 64 bits")]
+    if isinstance(value, float):  # PostgreSQL's JSONB gives 1e20 back as an integer, past 64 bits
+        ok = math.isfinite(value) and abs(value) <= MAX_JSON_INT
+        return [] if ok else [FieldError(path, f"{value} is not a finite number within ±2^63")]
+    if depth >= MAX_JSON_DEPTH:
+        return [FieldError(path, f"nested deeper than {MAX_JSON_DEPTH} levels")]
+    if isinstance(value, dict):
+        out = []
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            problem = text_problem(key) if isinstance(key, str) else "keys must be strings"
+            out += [FieldError(path or "body", f"key {_short(key)}: {problem}")] if problem else []
+            out += json_problems(item, sub, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [e for i, item in enumerate(value) for e in json_problems(item, f"{path}[{i}]", depth + 1)]
+    return [FieldError(path, f"{type(value).__name__} is not JSON")]
+
+
+def integral(value: Any) -> Any:
+    """Whole floats as integers (5.0 -> 5), as PostgreSQL's JSONB gives them back: stored that way on both
+    databases, a value hashes and exports the same whichever database holds it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral(v) for v in value]
+    return value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_in_range)]
 Id = Field(default=None, min_length=1, max_length=200)
 
 _THUMBS_WORDS = {"up": 1.0, "down": -1.0, "+1": 1.0, "-1": -1.0, "1": 1.0, "true": 1.0, "false": -1.0}
@@ -41,7 +130,7 @@ def _thumbs(v: object) -> float | None:
 class RatingIn(BaseModel):
     """A rating as sent: to `POST /v1/feedback` (with `interaction_id`) or inside an import line."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid")  # NaN and infinities: refused by _check_value, by name
 
     interaction_id: str | None = Id
     rater_id: str | None = Id
@@ -52,10 +141,13 @@ class RatingIn(BaseModel):
     scale: tuple[float, float] | None = None
     signal: str | None = Field(default=None, min_length=1, max_length=64)
     text: str | None = None
-    created_at: datetime | None = None
+    created_at: Timestamp | None = None
     idempotency_key: str | None = Id
     id: str | None = Field(default=None, min_length=1, max_length=64)
-    feedback_token: str | None = Field(default=None, exclude=True)
+    feedback_token: str | None = Field(default=None, exclude=True, max_length=1000)
+
+    _ids = field_validator("interaction_id", "rater_id", "aspect", "signal", "idempotency_key", "id")(_safe_id)
+    _texts = field_validator("value", "text", "feedback_token")(_safe_text)
 
 
 class Message(BaseModel):
@@ -68,7 +160,7 @@ class Message(BaseModel):
 class InteractionIn(BaseModel):
     """An interaction as logged or imported. Unknown top-level fields are kept in `tags`."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     id: str | None = Id
     messages: list[Message] = Field(min_length=1)
@@ -76,12 +168,15 @@ class InteractionIn(BaseModel):
     user_id: str | None = Id
     model: str | None = Id
     conversation_id: str | None = Id
-    created_at: datetime | None = None
+    created_at: Timestamp | None = None
     tags: dict[str, Any] = Field(default_factory=dict)
-    latency_ms: float | None = Field(default=None, ge=0)
-    prompt_tokens: int | None = Field(default=None, ge=0)
-    completion_tokens: int | None = Field(default=None, ge=0)
+    latency_ms: float | None = Field(default=None, ge=0, le=MAX_NUMBER)
+    prompt_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    completion_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     ratings: list[RatingIn] = Field(default_factory=list)
+
+    _ids = field_validator("id", "user_id", "model", "conversation_id")(_safe_id)
+    _texts = field_validator("response")(_safe_text)
 
 
 @dataclass(frozen=True)
@@ -226,8 +321,11 @@ def _check_value(r: RatingIn, bad: Any) -> tuple[float | None, tuple[float, floa
         return thumb, (-1.0, 1.0)
     if r.kind == "implicit" and v is None:
         return None, None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        bad("value", f"kind {r.kind!r} needs a finite number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        bad("value", f"kind {r.kind!r} needs a finite number, got {_short(v)}")
+        return None, None
+    if abs(v) > MAX_NUMBER or not math.isfinite(v):
+        bad("value", f"{_short(v)} is not a finite number within ±{MAX_NUMBER:g}")
         return None, None
     if r.kind == "implicit":
         return float(v), None
@@ -238,6 +336,9 @@ def _check_value(r: RatingIn, bad: Any) -> tuple[float | None, tuple[float, floa
     lo, hi = scale
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         bad("scale", f"must be [min, max] with min < max, got {list(scale)}")
+        return None, None
+    if max(abs(lo), abs(hi)) > MAX_NUMBER:
+        bad("scale", f"bounds beyond the limit of ±{MAX_NUMBER:g}: {list(scale)}")
         return None, None
     if not lo <= v <= hi:
         bad("value", f"{v} is outside the scale [{lo:g}, {hi:g}]")
@@ -255,6 +356,11 @@ def clean_interaction(
     """
     tags = {**(raw.model_extra or {}), **raw.tags}
     messages = [m.model_dump(exclude_unset=True) for m in raw.messages]
+    errors = json_problems(messages, "messages") + json_problems(raw.tags, "tags")
+    errors += json_problems(raw.model_extra or {}, "")
+    if errors:
+        return None, errors
+    tags, messages = integral(tags), integral(messages)
     content = {
         "messages": messages, "response": raw.response, "user_id": raw.user_id, "model": raw.model,
         "conversation_id": raw.conversation_id, "tags": tags, "latency_ms": raw.latency_ms,
@@ -264,7 +370,6 @@ def clean_interaction(
     iid = raw.id or new_id(content_hash)
     inter = CleanInteraction(id=iid, created_at=utc(raw.created_at), content_hash=content_hash,
                              **content)  # type: ignore[arg-type]
-    errors: list[FieldError] = []
     for i, r in enumerate(raw.ratings):
         if r.interaction_id is not None and raw.id is not None and r.interaction_id != raw.id:
             errors.append(FieldError(f"ratings[{i}].interaction_id",
