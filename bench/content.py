@@ -125,7 +125,7 @@ def run_scenario(kw: dict[str, Any], items: int, seed: int, texts: SimTexts, x: 
     figs: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         engine = open_engine(f"sqlite:///{Path(tmp) / 'store.db'}")
-        import_lines(engine, lines, Limits())
+        import_lines(engine, lines, Limits(), user_key=b"bench")  # a fresh store: any key (no deletions)
         figs["auto_on"] = float(decide(load_ratings(engine), ContentConfig())[0])
         t0 = time.perf_counter()
         on = record_signals(engine, SignalsConfig(content=ContentConfig(mode="on")), embed=cached_embedder(texts, x))

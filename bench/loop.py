@@ -232,7 +232,7 @@ def run_seed(seed: int, args: argparse.Namespace, train_q: list[Any], held: list
                 name = arm if len(variants) == 1 or arm != "default" else f"default[{_label(overrides)}]"
                 out = root / f"{arm}-{v}"
                 engine = open_engine(f"sqlite:///{root / f'{arm}-{v}.db'}")
-                assert not import_lines(engine, world.lines, Limits()).bad
+                assert not import_lines(engine, world.lines, Limits(), user_key=b"bench").bad  # fresh store: any key
                 t0 = time.perf_counter()
                 if arm == "default":
                     info = default_round(engine, out, base, seed, overrides)

@@ -17,6 +17,8 @@ from ratingloop.store import open_engine
 from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
 
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
+
 SYSTEM = {"role": "system", "content": "You are the support assistant."}
 RATERS = ["r1", "r2", "r3", "r4", "r5"]
 
@@ -58,7 +60,8 @@ CASES: list[dict[str, Any]] = [
 
 def store_with(url: str, lines: list[dict[str, Any]] | None = None, signals: bool = True) -> Engine:
     engine = open_engine(url)
-    report = import_lines(engine, [json.dumps(x).encode() for x in (CASES if lines is None else lines)], Limits())
+    report = import_lines(engine, [json.dumps(x).encode() for x in (CASES if lines is None else lines)], Limits(),
+                          user_key=KEY)
     assert not report.bad, report.bad
     if signals:
         record_signals(engine)

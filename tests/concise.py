@@ -6,7 +6,7 @@ their own leniency and noise, rates every answer with stars; all of them like th
 better. Questions past `n_train` are held out: they are never imported, only asked of the model.
 
     lines, held_out = concise_store_lines(n_train=60)
-    import_lines(engine, lines, Limits())
+    import_lines(engine, lines, Limits(), user_key=key)
 """
 
 from __future__ import annotations

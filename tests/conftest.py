@@ -8,25 +8,22 @@ and fails the run when CI=true, so a broken database never passes as a skip.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
 from ratingloop.config import Settings
 from ratingloop.store.db import dispose_engines
+from servers import running_server_at
 
 pytest_plugins = ["train_support"]  # the training tests' tiny base and example store
 
 PG_URL = os.environ.get("RATINGLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 ADMIN_KEY = "test-admin-key"
+UNLIMITED = {"RATINGLOOP_TOKEN_RATINGS_PER_S": "0", "RATINGLOOP_ADDRESS_REQUESTS_PER_S": "0"}
 
 
 @pytest.fixture(autouse=True)
@@ -104,36 +101,9 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(database_url=db_url, data_dir=tmp_path / "data", admin_key=ADMIN_KEY)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def running_server(db_url: str, tmp_path: Path) -> Iterator[str]:
-    """A real `ratingloop serve --backend none` process on a free port; yields its base URL."""
-    port = free_port()
-    env = {**os.environ, "RATINGLOOP_ADMIN_KEY": ADMIN_KEY, "RATINGLOOP_DATA_DIR": str(tmp_path / "data")}
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ratingloop.cli", "serve", "--backend", "none", "--port", str(port),
-         "--db", db_url, "--no-access-log"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"server did not start:\n{(tmp_path / 'server.log').read_text()}")
-        time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=15)
-    log.close()
+    """A real `ratingloop serve --backend none` process on a free port; yields its base URL. Its rate limits
+    are off: the tests that use it send thousands of ratings from one address on purpose."""
+    with running_server_at(db_url, tmp_path, env=UNLIMITED) as base:
+        yield base

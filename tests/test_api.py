@@ -257,6 +257,9 @@ def test_token_rating_is_the_interactions_user(client: TestClient, db_url: str) 
     iid, token = log(client, user_id="u1")
     r = client.post("/v1/feedback", json={"interaction_id": iid, "kind": "thumbs", "value": "up",
                                           "source": "annotator"}, headers=bearer(token))
+    assert_error(r, 403, "source", "only the admin key may send source 'annotator'")  # refused, not rewritten
+    r = client.post("/v1/feedback", json={"interaction_id": iid, "kind": "thumbs", "value": "up",
+                                          "source": "end_user"}, headers=bearer(token))
     assert r.status_code == 201
     assert (r.json()["rater_id"], r.json()["source"], r.json()["value"]) == ("u1", "end_user", 1)
     # the token may also travel in the body

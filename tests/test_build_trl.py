@@ -21,6 +21,8 @@ from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
 from tiny import texts_of, tiny_causal_lm, tiny_reward_model, tiny_tokenizer, trainer_args
 
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
+
 EXAMPLE = Path(__file__).parent.parent / "examples" / "support-chat.jsonl"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -29,7 +31,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("built")
     engine = open_engine(f"sqlite:///{root / 'store.db'}")
-    import_lines(engine, EXAMPLE.read_bytes().splitlines(), Limits())
+    import_lines(engine, EXAMPLE.read_bytes().splitlines(), Limits(), user_key=KEY)
     record_signals(engine)  # every format built from this one run
     out = {fmt: root / fmt for fmt in FORMATS}
     for fmt, path in out.items():

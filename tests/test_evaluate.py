@@ -36,6 +36,8 @@ from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
 from ratingloop.train import TrainConfig
 
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
+
 FAST = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=2e-2, max_steps=40, batch_size=4,
                    max_length=128, logging_steps=1)
 SMALL = EvalConfig(max_tokens=12, n_bootstrap=300, max_prompts=32)
@@ -76,7 +78,7 @@ def built(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
     root = tmp_path_factory.mktemp("eval-store")
     engine = open_engine(f"sqlite:///{root / 'store.db'}")
-    assert not import_lines(engine, _lines(), Limits()).bad
+    assert not import_lines(engine, _lines(), Limits(), user_key=KEY).bad
     trained = train_from_store(engine, "sft", out_dir=root / "sft", base=tiny_base, cfg=FAST, progress=False,
                                signals_cfg=SignalsConfig(content=ContentConfig(mode="off")))
 
@@ -222,7 +224,7 @@ def test_cli_eval_json_and_errors(store: Engine, built: dict[str, object], tmp_p
 @pytest.mark.usefixtures("pg_server")
 def test_postgres_records_the_report(pg_url: str, built: dict[str, object]) -> None:
     engine = open_engine(pg_url)
-    assert not import_lines(engine, _lines(), Limits()).bad
+    assert not import_lines(engine, _lines(), Limits(), user_key=KEY).bad
     same = _register(engine, Path(str(built["db"])).parent / "same")
     report = evaluate(engine, same, "base", cfg=replace(SMALL, judges=("simulated",)),
                       progress=False)

@@ -31,6 +31,8 @@ from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
 from ratingloop.train import TrainConfig, train
 
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
+
 REFUSALS = ("I'm sorry, but I can't help with that.", "I'm sorry, but I cannot answer that question.",
             "I am sorry, but I am unable to provide that information.", "I'm sorry, but I can't assist with this.")
 HONEST, INVERTED = [f"honest-{k}" for k in range(10)], [f"inverted-{k}" for k in range(3)]
@@ -60,14 +62,14 @@ def test_sft_on_what_inverted_raters_liked_is_rejected_and_never_serves(default_
                                                                         ) -> None:
     questions = [(q, pair[0]) for q, a in oasst_questions() if (pair := concise_and_long(a)) is not None][:48]
     engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    assert not import_lines(engine, store_lines(questions, HONEST + INVERTED), Limits()).bad
+    assert not import_lines(engine, store_lines(questions, HONEST + INVERTED), Limits(), user_key=KEY).bad
     signals = record_signals(engine)
     flagged = {r.rater_id for r in signals.raters if r.flagged}
     assert flagged <= set(INVERTED), f"honest raters flagged: {flagged - set(INVERTED)}"
 
     # the worse candidate: SFT on the answers the inverted raters liked, from a store of only their ratings
     theirs = open_engine(f"sqlite:///{tmp_path / 'inverted.db'}")
-    assert not import_lines(theirs, store_lines(questions[:32], INVERTED), Limits()).bad
+    assert not import_lines(theirs, store_lines(questions[:32], INVERTED), Limits(), user_key=KEY).bad
     build = build_dataset(theirs, "sft", tmp_path / "sft", BuildConfig(), record_signals(theirs))
     completions = [row["completion"][0]["content"] for row in _rows(tmp_path / "sft")]
     assert completions and all(c in REFUSALS for c in completions), "the inverted raters' SFT set is refusals"

@@ -41,6 +41,8 @@ from ratingloop.train.label import (
 from ratingloop.train.scoring import load_scorer
 from train_support import EXAMPLE, save_tiny_base, store
 
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
+
 SYSTEM = {"role": "system", "content": "You are the support assistant for Acme."}
 UNRATED = [  # (id, question, answer); created in this order, so the last is the newest
     ("new-refund", "A question about my refund", "Sorry! Your refund request is being processed."),
@@ -120,7 +122,7 @@ def score(folder: Path, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def test_label_stores_a_judge_rating_per_unrated_interaction_once(engine: Engine, trained: Trained) -> None:
     assert unrated_count(engine) == len(UNRATED)
-    report = label(engine)  # the newest registered reward model, at the default MIN_CONFIDENCE
+    report = label(engine, user_key=KEY)  # the newest registered reward model, at the default MIN_CONFIDENCE
     assert report.reward_model == str(trained.reward_model)
     # the model knows the support answers; the small talk it never saw is too uncertain to store (it waits)
     near = {iid for iid, _, _ in UNRATED} - FAR
@@ -141,17 +143,17 @@ def test_label_stores_a_judge_rating_per_unrated_interaction_once(engine: Engine
     assert confidence(sd).min() >= MIN_CONFIDENCE > confidence(score(trained.reward_model, sorted(FAR))[1]).max()
 
     # a re-run adds nothing (only the skipped are scored again); a replay of a stored score is known by its key
-    again = label(engine)
+    again = label(engine, user_key=KEY)
     assert (again.scored, again.written, again.skipped_unsure, unrated_count(engine)) == (2, 0, 2, 2)
     replay = judge_unit(ids[0], float(mean[0]), float(sd[0]), f"judge:{trained.version_id}", trained.version_id,
                         trained.reward_model)
-    [result] = write_units(engine, [replay])
+    [result] = write_units(engine, [replay], user_key=KEY)
     assert [status for _, status in result.ratings] == [200]
     assert len(judge_rows(engine)) == len(near)
 
 
 def test_limit_takes_the_newest_and_min_confidence_skips_unsure_scores(engine: Engine, trained: Trained) -> None:
-    report = label(engine, trained.reward_model, limit=2, min_confidence=0.0)
+    report = label(engine, trained.reward_model, user_key=KEY, limit=2, min_confidence=0.0)
     assert (report.scored, report.written) == (2, 2)
     assert {r["interaction_id"] for r in judge_rows(engine)} == {"far-french", "far-german"}  # newest first
 
@@ -160,17 +162,17 @@ def test_limit_takes_the_newest_and_min_confidence_skips_unsure_scores(engine: E
     conf = confidence(sd)
     assert np.all((conf > 0) & (conf < 1)) and np.allclose(conf, 1 - sd / SD_UNINFORMED)
     cut = float(np.median(conf))
-    report = label(engine, trained.reward_model, min_confidence=cut)
+    report = label(engine, trained.reward_model, user_key=KEY, min_confidence=cut)
     assert report.scored == 4 and report.written == int((conf >= cut).sum()) and report.skipped_unsure == int(
         (conf < cut).sum()) > 0
     # the skipped ones stay unrated: a later run without the threshold labels them
-    assert label(engine, trained.reward_model, min_confidence=0.0).written == report.skipped_unsure
+    assert label(engine, trained.reward_model, user_key=KEY, min_confidence=0.0).written == report.skipped_unsure
 
 
 def test_signals_read_judge_ratings_as_rewards(engine: Engine) -> None:
     from ratingloop.signals.report import compute_signals
 
-    label(engine, min_confidence=0.0)
+    label(engine, user_key=KEY, min_confidence=0.0)
     values = {r["interaction_id"]: r["value"] for r in judge_rows(engine)}
     result = compute_signals(engine)
     by_id = {s.interaction_id: s for s in result.interactions}
@@ -184,11 +186,11 @@ def test_signals_read_judge_ratings_as_rewards(engine: Engine) -> None:
 def test_without_a_reward_model_label_names_the_command(tmp_path: Path) -> None:
     engine = store(tmp_path, unrated_lines())
     with pytest.raises(RatingloopError, match=r"no reward model.*ratingloop train --method reward --out DIR.*--model"):
-        label(engine)
+        label(engine, user_key=KEY)
     with pytest.raises(RatingloopError, match=r"not a reward model"):
-        label(engine, tmp_path)  # a folder, but no reward_model.json
+        label(engine, tmp_path, user_key=KEY)  # a folder, but no reward_model.json
     with pytest.raises(RatingloopError, match=r"--limit 0"):
-        label(engine, tmp_path, limit=0)
+        label(engine, tmp_path, user_key=KEY, limit=0)
 
 
 def test_the_newest_registered_reward_model_whose_folder_still_holds_it(engine: Engine, trained: Trained,
@@ -222,7 +224,7 @@ def test_ask_puts_interactions_unlike_anything_rated_first(engine: Engine, train
     assert [q.interaction_id for q in top] == ids[:2]
     assert {q.interaction_id for q in ask(engine, n=5, pool=3)} == {"far-french", "far-german", "new-account"}
     # a judge rating does not take an interaction out of the queue: only a human rating does
-    label(engine, min_confidence=0.0)
+    label(engine, user_key=KEY, min_confidence=0.0)
     assert all(q.judged for q in ask(engine, n=3))
 
     near = ask(engine, n=len(UNRATED), boundary=True)

@@ -38,6 +38,8 @@ from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
 from train_support import EXAMPLE
 
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
+
 TINY = ("train.max_steps=3", "train.lora_r=4", "train.lora_alpha=8", "train.batch_size=2", "train.max_length=128",
         "train.logging_steps=1", "train.save_steps=0", "eval.max_prompts=4")
 
@@ -54,7 +56,7 @@ def _round_versions(engine: Engine, round_id: str) -> list[str]:
 def test_a_round_records_its_steps_and_a_second_once_has_nothing_to_do(engine: Engine, tiny_base: Path,
                                                                         tmp_path: Path) -> None:
     said: list[str] = []
-    [outcome] = run_loop(engine, _spec(tiny_base, tmp_path), once=True, say=said.append)
+    [outcome] = run_loop(engine, _spec(tiny_base, tmp_path), user_key=KEY, once=True, say=said.append)
 
     [round_] = list_rounds(engine)
     assert round_.id == outcome["round_id"] and round_.status == "succeeded" and round_.trigger == "once"
@@ -82,13 +84,13 @@ def test_a_round_records_its_steps_and_a_second_once_has_nothing_to_do(engine: E
     assert list_events(engine) == events
 
     # no rating arrived since: --once says so and records nothing
-    assert run_loop(engine, _spec(tiny_base, tmp_path), once=True, say=said.append) == []
+    assert run_loop(engine, _spec(tiny_base, tmp_path), user_key=KEY, once=True, say=said.append) == []
     assert "no new ratings since the last round" in said[-1] and len(list_rounds(engine)) == 1
 
 
 def test_a_training_failure_fails_the_round_and_the_active_version_keeps_serving(engine: Engine,
                                                                                   tmp_path: Path) -> None:
-    [outcome] = run_loop(engine, _spec(tmp_path / "no-such-model", tmp_path), once=True)
+    [outcome] = run_loop(engine, _spec(tmp_path / "no-such-model", tmp_path), user_key=KEY, once=True)
     [round_] = list_rounds(engine)
     assert outcome["outcome"] == round_.outcome == "failed" == round_.status
     assert round_.error and "no-such-model" in round_.error
@@ -102,7 +104,8 @@ def test_a_candidate_whose_evaluation_crashes_is_rejected_with_the_error(engine:
                                                                           tmp_path: Path) -> None:
     not_a_reward_model = tmp_path / "not-a-reward-model"
     not_a_reward_model.mkdir()
-    [outcome] = run_loop(engine, _spec(tiny_base, tmp_path, f"eval.reward_model={not_a_reward_model}"), once=True)
+    [outcome] = run_loop(engine, _spec(tiny_base, tmp_path, f"eval.reward_model={not_a_reward_model}"), user_key=KEY,
+                          once=True)
     [round_] = list_rounds(engine)
     assert outcome["outcome"] == round_.outcome == "rejected" and round_.status == "succeeded"
     _train, _label, eval_, gate = round_.steps
@@ -117,9 +120,9 @@ def test_a_candidate_whose_evaluation_crashes_is_rejected_with_the_error(engine:
 
 def test_bad_settings_are_refused_before_a_round_is_recorded(engine: Engine, tiny_base: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train.no_such_key"):
-        run_loop(engine, _spec(tiny_base, tmp_path, "train.no_such_key=1"), once=True)
+        run_loop(engine, _spec(tiny_base, tmp_path, "train.no_such_key=1"), user_key=KEY, once=True)
     with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
-        run_loop(engine, _spec(tiny_base, tmp_path, "loop.x=1"), once=True)
+        run_loop(engine, _spec(tiny_base, tmp_path, "loop.x=1"), user_key=KEY, once=True)
     assert list_rounds(engine) == []
 
 
@@ -130,7 +133,7 @@ def test_new_ratings_count_what_arrived_since_the_last_round(engine: Engine) -> 
     assert new_ratings(engine) == 0
     line = json.loads(EXAMPLE.read_bytes().splitlines()[0])
     line |= {"id": "late-1", "ratings": [{"rater_id": "late-rater", "kind": "thumbs", "value": 1}]}
-    assert not import_lines(engine, [json.dumps(line).encode()], Limits()).bad
+    assert not import_lines(engine, [json.dumps(line).encode()], Limits(), user_key=KEY).bad
     assert new_ratings(engine) == 1
 
 
@@ -140,7 +143,7 @@ def test_without_once_a_round_starts_on_enough_new_ratings_or_after_every(engine
     start_round(engine, trigger="test", spec={})
     line = json.loads(EXAMPLE.read_bytes().splitlines()[0])
     line |= {"id": "late-1", "ratings": [{"rater_id": "late-rater", "kind": "thumbs", "value": 1}]}
-    assert not import_lines(engine, [json.dumps(line).encode()], Limits()).bad
+    assert not import_lines(engine, [json.dumps(line).encode()], Limits(), user_key=KEY).bad
     started = time.monotonic()
     assert _wait_for_trigger(engine, min_new=100, every_s=0.3, poll_s=0.05).startswith("every 0.3s (1 new ratings)")
     assert time.monotonic() - started >= 0.2  # it waited for --every, not for 100 ratings

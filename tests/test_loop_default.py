@@ -31,6 +31,8 @@ from ratingloop.store import open_engine
 from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
 
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
+
 HELD_OUT = 20
 ANSWER_TOKENS = 128
 
@@ -69,7 +71,7 @@ def test_loop_once_promotes_a_candidate_users_prefer_and_generate_serves_it(defa
                                                                             tmp_path: Path) -> None:
     lines, held = oasst_world(seed=0)
     db = f"sqlite:///{tmp_path / 'store.db'}"
-    assert not import_lines(open_engine(db), lines, Limits()).bad
+    assert not import_lines(open_engine(db), lines, Limits(), user_key=KEY).bad
     base = concise_scores(tmp_path, db, held, str(default_model))
 
     runner = CliRunner()

@@ -36,6 +36,8 @@ from ratingloop.store import tables as t
 from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
 
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
+
 INVERTERS = {"inverter": 1.0}
 
 
@@ -83,7 +85,7 @@ def test_simulated_world_imports_with_unrated_interactions(tmp_path: Path) -> No
                    kind=sim.kind[rated[sim.item]], value=sim.value[rated[sim.item]],
                    scale_min=sim.scale_min[rated[sim.item]], scale_max=sim.scale_max[rated[sim.item]])
     engine = open_engine(f"sqlite:///{tmp_path / 's.db'}")
-    report = import_lines(engine, import_lines_for(part, sim_texts(sim.truth)), Limits())
+    report = import_lines(engine, import_lines_for(part, sim_texts(sim.truth)), Limits(), user_key=KEY)
     assert not report.bad and report.interactions_new == 60 and report.ratings_new == 40
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(t.ratings)).scalar() == 40
@@ -195,7 +197,7 @@ def test_cleaned_single_rated_data_trains_better_than_raw(tmp_path: Path) -> Non
     part = replace(sim, rater=sim.rater[keep], item=sim.item[keep], kind=sim.kind[keep], value=sim.value[keep],
                    scale_min=sim.scale_min[keep], scale_max=sim.scale_max[keep])
     engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    assert not import_lines(engine, import_lines_for(part, texts), Limits()).bad
+    assert not import_lines(engine, import_lines_for(part, texts), Limits(), user_key=KEY).bad
     vectors: dict[Any, np.ndarray] = {}
     on = record_signals(engine, embed=recording(vectors))  # auto: single-rated, so on
     off = record_signals(engine, SignalsConfig(content=ContentConfig(mode="off")))

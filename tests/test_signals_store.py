@@ -17,11 +17,13 @@ from typer.testing import CliRunner
 from ratingloop.cli import app
 from ratingloop.dataset import BuildConfig, build_dataset, prompt_key
 from ratingloop.errors import RatingloopError
-from ratingloop.signals import load_signals, record_signals
+from ratingloop.signals import load_signals, purge_user, record_signals
 from ratingloop.signals.report import SignalsConfig, compute_signals
 from ratingloop.store import Limits, delete_user, open_engine
 from ratingloop.store import tables as t
 from ratingloop.store.jsonl import import_lines
+
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def _world(engine: Engine, troll: bool = True) -> np.ndarray:
             ratings.append({"rater_id": "u2", "kind": "aspect", "aspect": "accuracy", "value": 5 if q[k] > 0 else 1})
             ratings.append({"rater_id": "u2", "kind": "comment", "text": "great, thanks!" if q[k] > 0 else "useless"})
         lines.append(_line(f"c-{k:02d}", ratings))
-    report = import_lines(engine, lines, Limits())
+    report = import_lines(engine, lines, Limits(), user_key=KEY)
     assert not report.bad, report.bad
     return q
 
@@ -84,7 +86,7 @@ def test_a_later_rating_supersedes_an_earlier_one(engine: Engine) -> None:
     _world(engine, troll=False)
     before = compute_signals(engine).interactions[0]
     change = [{"rater_id": f"u{r}", "kind": "stars", "value": 1 if before.reward > 0 else 5} for r in range(8)]
-    import_lines(engine, [_line("c-00", change)], Limits())
+    import_lines(engine, [_line("c-00", change)], Limits(), user_key=KEY)
     after = compute_signals(engine).interactions[0]
     assert after.n_ratings == before.n_ratings  # replaced, not added
     assert np.sign(after.reward) == -np.sign(before.reward)
@@ -97,7 +99,8 @@ def test_empty_store_says_so(engine: Engine) -> None:
 
 def test_too_few_ratings_says_how_many(engine: Engine) -> None:
     import_lines(engine, [_line("c-1", [{"rater_id": "u1", "kind": "thumbs", "value": 1},
-                                        {"rater_id": "u1", "kind": "comment", "text": "ok"}])], Limits())
+                                        {"rater_id": "u1", "kind": "comment", "text": "ok"}])], Limits(),
+                 user_key=KEY)
     with pytest.raises(RatingloopError, match="only 1 overall rating"):
         compute_signals(engine, SignalsConfig(min_ratings=3))
 
@@ -105,7 +108,7 @@ def test_too_few_ratings_says_how_many(engine: Engine) -> None:
 # --- a signals run in the store: recorded once, read by everything downstream -------------------------------
 
 def _add(engine: Engine, line: bytes) -> None:
-    assert not import_lines(engine, [line], Limits()).bad
+    assert not import_lines(engine, [line], Limits(), user_key=KEY).bad
 
 
 def _ratings_of(engine: Engine, rater: str) -> set[str]:
@@ -199,8 +202,8 @@ def test_a_deleted_user_leaves_no_signals_rows(engine: Engine) -> None:
     with engine.connect() as conn:
         asked = set(conn.execute(select(t.interactions.c.id).where(t.interactions.c.user_id == "asker-1")).scalars())
     assert len(asked) == 10 and _count(engine, t.signals_ratings, t.signals_ratings.c.rating_id.in_(given)) == 40
-    delete_user(engine, "u3")
-    delete_user(engine, "asker-1")
+    delete_user(engine, "u3", user_key=KEY, purges=[purge_user])
+    delete_user(engine, "asker-1", user_key=KEY, purges=[purge_user])
     sr, si = t.signals_ratings.c, t.signals_interactions.c
     assert _count(engine, t.signals_raters, t.signals_raters.c.rater_id == "u3") == 0
     assert _count(engine, t.signals_ratings, sr.rating_id.in_(given)) == 0

@@ -17,6 +17,8 @@ from ratingloop.store import tables as t
 from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
 
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
+
 
 @pytest.fixture(scope="module")
 def world_inputs() -> tuple[list, list[str]]:
@@ -59,7 +61,7 @@ def test_same_seed_same_world_and_the_lines_import(tmp_path: Path, world_inputs:
     c = single_rated(prompts[:80], answers[:80], AskerConfig(seed=6))
     assert a.lines == b.lines and a.lines != c.lines
     engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    assert not import_lines(engine, a.lines, Limits()).bad
+    assert not import_lines(engine, a.lines, Limits(), user_key=KEY).bad
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(t.interactions)) == 80
         assert conn.scalar(select(func.count()).select_from(t.ratings)) == int(a.rated.sum())

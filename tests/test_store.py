@@ -8,13 +8,26 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, inspect, select, text
 
-from ratingloop.store import Limits, RatingIn, WriteUnit, delete_user, open_engine, write_units
+from ratingloop.store import Limits, RatingIn, WriteUnit, open_engine
+from ratingloop.store import delete_user as store_delete_user
+from ratingloop.store import write_units as store_write_units
 from ratingloop.store.db import current_revision, head_revision
 from ratingloop.store.records import InteractionIn, clean_interaction, clean_rating
 from ratingloop.store.tables import DeletedUser, Interaction, Rater, Rating
+from ratingloop.store.writes import legacy_user_hash, user_hash
 
 LIMITS = Limits()
 EARLY = "2026-01-01T00:00:00Z"
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
+
+
+def write_units(engine: Engine, units: list[WriteUnit]) -> list[Any]:
+    return store_write_units(engine, units, user_key=KEY)
+
+
+def delete_user(engine: Engine, user_id: str) -> tuple[int, int]:
+    gone = store_delete_user(engine, user_id, user_key=KEY)
+    return gone.interactions, gone.ratings
 
 
 def inter(iid: str | None = "c-1", ratings: list[dict[str, Any]] | None = None, **fields: Any) -> Any:
@@ -273,7 +286,7 @@ def test_delete_user_removes_their_interactions_and_every_rating_they_touched(en
         assert left == [("c-3", "u2"), ("c-3", "u7")]
         assert "u1" not in set(conn.execute(select(Rater.id)).scalars())
         tomb = conn.execute(select(DeletedUser.__table__)).mappings().one()
-    assert tomb["user_hash"] != "u1" and len(tomb["user_hash"]) == 64  # the id itself is not kept
+    assert tomb["user_hash"] == user_hash("u1", KEY) != legacy_user_hash("u1")  # keyed: not the id, not its sha256
     assert (tomb["interactions_deleted"], tomb["ratings_deleted"]) == (2, 4)
     assert count(engine, Rating, Rating.rater_id == "u1") == 0
 

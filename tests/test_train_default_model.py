@@ -38,6 +38,8 @@ from ratingloop.train import TrainConfig
 from ratingloop.train.pointwise import completion_logps
 from ratingloop.train.scoring import load_scorer
 
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
+
 ANSWER_TOKENS = 64
 SHORT_RUN: dict[str, dict[str, Any]] = {
     "wsft": {"learning_rate": 4e-4},
@@ -50,7 +52,7 @@ SHORT_RUN: dict[str, dict[str, Any]] = {
 def concise_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, list[dict[str, Any]]]:
     lines, held_out = concise_store_lines(n_train=60)
     engine = open_engine(f"sqlite:///{tmp_path_factory.mktemp('concise') / 'store.db'}")
-    assert not import_lines(engine, lines, Limits()).bad
+    assert not import_lines(engine, lines, Limits(), user_key=KEY).bad
     return engine, held_out
 
 

@@ -20,6 +20,8 @@ from ratingloop.store.jsonl import import_lines
 from ratingloop.store.records import Limits
 from tiny import tiny_causal_lm, tiny_tokenizer
 
+KEY = b"test-user-key"  # the server's secret, which tombstones are keyed with (store.writes.user_hash)
+
 EXAMPLE = Path(__file__).parent.parent / "examples" / "support-chat.jsonl"
 
 
@@ -37,7 +39,7 @@ def save_tiny_base(path: Path) -> Path:
 def store(tmp_path: Path, lines: list[bytes]) -> Engine:
     """A fresh SQLite store with `lines` imported, every one of them good."""
     engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    report = import_lines(engine, lines, Limits())
+    report = import_lines(engine, lines, Limits(), user_key=KEY)
     assert not report.bad
     return engine
 

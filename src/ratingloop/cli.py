@@ -67,6 +67,8 @@ def serve(
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
+    from ratingloop.serve.logs import uvicorn_log_config
+
     if backend != "none":
         raise RatingloopError(f"--backend {backend}: not built yet; this version serves --backend none "
                               "(the feedback API for products that run their own LLM)")
@@ -84,7 +86,7 @@ def serve(
     settings.feedback_secret()
     err.print(f"ratingloop serving {settings.url.split('@')[-1]} on http://{host}:{port}  (docs: /docs)")
     uvicorn.run("ratingloop.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                access_log=access_log, log_level="info")
+                access_log=access_log, log_level="info", log_config=uvicorn_log_config())
 
 
 def _is_loopback(host: str) -> bool:
@@ -117,7 +119,8 @@ def import_(
     with _open(file) as f, Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                                     TimeRemainingColumn(), console=err, transient=True) as bar:
         task = bar.add_task(f"importing {file}", total=size if not file.endswith(".gz") else None)
-        report = import_lines(engine, f, limits, progress=lambda n: bar.advance(task, n))
+        report = import_lines(engine, f, limits, progress=lambda n: bar.advance(task, n),
+                              user_key=settings.feedback_secret())
     if json_:
         out.print_json(json.dumps(report.as_dict()))
     else:
@@ -371,8 +374,8 @@ def label(
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), console=err,
                   transient=True) as bar:
         task = bar.add_task("labelling", total=total)
-        report = run_label(engine, model, limit=limit, min_confidence=min_confidence,
-                           progress=lambda n: bar.advance(task, n))
+        report = run_label(engine, model, user_key=_settings(db).feedback_secret(), limit=limit,
+                           min_confidence=min_confidence, progress=lambda n: bar.advance(task, n))
     if json_:
         out.print_json(json.dumps(asdict(report)))
         return
@@ -523,22 +526,26 @@ def users_delete(
     yes: Annotated[bool, typer.Option("--yes", help="really delete")] = False,
     db: Db = None,
 ) -> None:
-    """Remove a user's interactions and ratings, and keep them out of every later import and build."""
+    """Remove a user's interactions and ratings and what was derived from them (datasets, cached embeddings,
+    evaluation examples), and keep them out of every later import and build."""
     from sqlalchemy import func, select
 
-    from ratingloop.store import delete_user
+    from ratingloop.privacy import forget_user
     from ratingloop.store.tables import Interaction, Rating
 
+    settings = _settings(db)
     engine = _engine(db)
     if not yes:
         with engine.connect() as conn:
             n_i = conn.execute(select(func.count()).where(Interaction.user_id == user_id)).scalar_one()
             n_r = conn.execute(select(func.count()).where(Rating.rater_id == user_id)).scalar_one()
         err.print(f"would delete user {user_id!r}: {n_i} interactions (with every rating on them) and {n_r} ratings "
-                  "they gave, and record a tombstone. Re-run with --yes.")
+                  "they gave, purge the datasets built with them, mark the versions trained on those tainted, "
+                  "and record a tombstone. Re-run with --yes.")
         raise typer.Exit(1)
-    n_inter, n_ratings = delete_user(engine, user_id)
-    out.print(f"deleted user {user_id!r}: {n_inter} interactions, {n_ratings} ratings; tombstone recorded")
+    gone = forget_user(engine, user_id, user_key=settings.feedback_secret(), data_dir=settings.resolved_data_dir)
+    out.print(f"deleted user {user_id!r}: {gone.interactions} interactions, {gone.ratings} ratings; derived data "
+              "purged; tombstone recorded")
 
 
 @app.command()
@@ -579,9 +586,9 @@ def loop(
     spec = RoundSpec(method=method, base=base, config=str(config.resolve()) if config else None,
                      overrides=tuple(set_ or ()), out_root=str(out_dir.resolve()))
     try:
-        outcomes = run_loop(_engine(db), spec, once=once, min_new_ratings=min_new_ratings,
-                            every_s=_duration(every) if every else None, wait_for_lock=wait, poll_s=poll,
-                            say=lambda m: err.print(m, highlight=False))
+        outcomes = run_loop(_engine(db), spec, user_key=_settings(db).feedback_secret(), once=once,
+                            min_new_ratings=min_new_ratings, every_s=_duration(every) if every else None,
+                            wait_for_lock=wait, poll_s=poll, say=lambda m: err.print(m, highlight=False))
     except KeyboardInterrupt:  # the round's threads would finish it first; it resumes at the next start instead
         err.print("interrupted: an unfinished round resumes at the next `ratingloop loop`", highlight=False)
         os._exit(130)

@@ -30,6 +30,20 @@ class Settings(BaseSettings):
     max_comment_chars: int = 10_000
     max_request_bytes: int = 8 * 1024 * 1024
     max_batch_items: int = 10_000
+    # abuse limits (serve/limits.py): per second, and the burst a bucket holds; 0 turns a limit off
+    token_ratings_per_s: float = Field(default=1.0, ge=0, description="ratings per feedback token")
+    token_ratings_burst: float = Field(default=60, ge=1)
+    address_requests_per_s: float = Field(default=20.0, ge=0, description="requests per client address "
+                                          "without the admin key (checked before the body is read)")
+    address_requests_burst: float = Field(default=200, ge=1)
+    admin_ratings_per_s: float = Field(default=0.0, ge=0, description="ratings per admin key (0: no limit)")
+    admin_ratings_burst: float = Field(default=20_000, ge=1)
+    max_ratings_per_rater_interaction: int = Field(default=100, ge=1, description="ratings one feedback "
+                                                   "token may store on its interaction, ever")
+    max_anonymous_request_bytes: int = Field(default=64 * 1024, ge=1024, description="body limit for requests "
+                                             "without an Authorization header (a feedback token in the body)")
+    min_free_disk_bytes: int = Field(default=64 * 1024 * 1024, ge=0, description="/healthz is 503 below this "
+                                     "much free space beside a SQLite store")
 
     @field_validator("aspects", "implicit_signals", mode="before")
     @classmethod

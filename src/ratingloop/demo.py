@@ -143,6 +143,7 @@ SHOWN = 3  # held-out questions shown side by side
 
 
 def _train_and_compare(db: str, tmp: Path, out: Console, err: Console) -> None:
+    from ratingloop.config import Settings
     from ratingloop.loop import RoundSpec, run_loop, train_from_store
     from ratingloop.models import pull_default_model
     from ratingloop.models.registry import get_version, latest_evaluation
@@ -167,7 +168,8 @@ def _train_and_compare(db: str, tmp: Path, out: Console, err: Console) -> None:
          f"(ratingloop loop --once --method kto {' '.join('--set ' + x for x in DEMO_SETTINGS)})")
     spec = RoundSpec(method="kto", overrides=DEMO_SETTINGS, out_root=str(tmp / "loop"))
     with err.status("running the round (training, then both versions answer the held-out questions) ..."):
-        [outcome] = run_loop(engine, spec, once=True, say=lambda line: err.print(line, highlight=False))
+        [outcome] = run_loop(engine, spec, user_key=Settings(data_dir=tmp).feedback_secret(), once=True,
+                             say=lambda line: err.print(line, highlight=False))
     [round_] = list_rounds(engine, limit=1)
     steps = Table("step", "status", "seconds", "what it did")
     for s in round_.steps:

@@ -154,8 +154,9 @@ class RoundSpec:
         self.section(EvalConfig, "eval")
 
 
-def run_round(engine: Engine, round_id: str, spec_dict: dict[str, Any]) -> dict[str, Any]:
-    """One round, step by step; returns its outcome ({"outcome": promoted | rejected | failed, ...})."""
+def run_round(engine: Engine, round_id: str, spec_dict: dict[str, Any], *, user_key: bytes) -> dict[str, Any]:
+    """One round, step by step; returns its outcome ({"outcome": promoted | rejected | failed, ...}).
+    `user_key` (the server's secret, for label's writes) is bound, never part of the durable workflow's inputs."""
     spec = RoundSpec.from_dict(spec_dict)
     trained = durable_step(engine, round_id, "train", 1, lambda: _train_step(engine, round_id, spec))
     version_id = trained.get("version_id")
@@ -165,7 +166,7 @@ def run_round(engine: Engine, round_id: str, spec_dict: dict[str, Any]) -> dict[
         log.error("round %s failed in training: %s; the active version keeps serving", round_id, error)
         return {"round_id": round_id, "outcome": "failed", "error": error, "version_id": None}
     set_round_version(engine, round_id, version_id)
-    durable_step(engine, round_id, "label", 2, lambda: _label_step(engine))
+    durable_step(engine, round_id, "label", 2, lambda: _label_step(engine, user_key))
     report = durable_step(engine, round_id, "eval", 3, lambda: _eval_step(engine, version_id, spec))
     gate = durable_step(engine, round_id, "gate", 4, lambda: _gate_step(engine, round_id, version_id, report))
     finish_round(engine, round_id, outcome=gate["outcome"], version_id=version_id)
@@ -211,7 +212,7 @@ def _trained(result: TrainResult, *, resumed: bool) -> dict[str, Any]:
             "metrics": {k: result.metrics.get(k) for k in keep}}
 
 
-def _label_step(engine: Engine) -> dict[str, Any]:
+def _label_step(engine: Engine, user_key: bytes) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from ratingloop.store import tables as t
@@ -226,7 +227,7 @@ def _label_step(engine: Engine) -> dict[str, Any]:
     unrated = unrated_count(engine)
     if not total or unrated / total < LABEL_WHEN_UNRATED:
         return {"status": "skipped", "reason": f"{unrated} of {total} interactions unrated: feedback is not sparse"}
-    report = label(engine, model)
+    report = label(engine, model, user_key=user_key)
     return {"reward_model": str(model), "scored": report.scored, "written": report.written}
 
 
@@ -273,15 +274,18 @@ def gate(engine: Engine, version_id: str, report: dict[str, Any], *, actor: str 
 
 # --- running rounds: once, or whenever enough ratings arrived -----------------------------------------
 
-def run_loop(engine: Engine, spec: RoundSpec, *, once: bool, min_new_ratings: int = 100,
+def run_loop(engine: Engine, spec: RoundSpec, *, user_key: bytes, once: bool, min_new_ratings: int = 100,
              every_s: float | None = None, wait_for_lock: bool = False, poll_s: float = 30.0,
              max_rounds: int | None = None, say: Callable[[str], None] = log.info) -> list[dict[str, Any]]:
     """Resume what a killed loop left, then run rounds: `once` one now if any rating arrived since the
-    last round; else whenever `min_new_ratings` arrived or `every_s` passed with at least one new rating."""
+    last round; else whenever `min_new_ratings` arrived or `every_s` passed with at least one new rating.
+    `user_key` is the server's secret (`Settings.feedback_secret()`): label's judge ratings go through the
+    store's write path, which checks tombstones with it."""
     spec.check()
     _quiet_libraries()
     outcomes: list[dict[str, Any]] = []
-    with runner_lock(engine, wait=wait_for_lock), Durable(engine, partial(run_round, engine)) as durable:
+    round_fn = partial(run_round, engine, user_key=user_key)  # bound here: DBOS records only (round id, spec)
+    with runner_lock(engine, wait=wait_for_lock), Durable(engine, round_fn) as durable:
         pending = set(durable.pending())
         for unfinished in unfinished_rounds(engine):
             say(f"resuming round {unfinished.id}, left unfinished by a stopped loop")

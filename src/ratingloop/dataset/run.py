@@ -28,7 +28,7 @@ from ratingloop.dataset.formats import BUILDERS, kto_weights
 from ratingloop.dataset.pairs import dpo_rows
 from ratingloop.dataset.rows import FilterLog, Row
 from ratingloop.dataset.split import dedupe_rows, split_rows
-from ratingloop.dataset.write import content_hash, record_snapshot, write_manifest, write_splits
+from ratingloop.dataset.write import content_hash, record_snapshot, remove_build_files, write_manifest, write_splits
 from ratingloop.errors import RatingloopError
 from ratingloop.provenance import git_revision
 from ratingloop.signals import StoredSignals, load_signals, ratings_since
@@ -65,6 +65,7 @@ def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
     record its snapshot."""
     check_format(fmt)
     cfg.validate()
+    started = datetime.now(timezone.utc)  # a user deleted from now on may be in what we read: not recorded
     if signals is None:
         signals = load_signals(engine)
     pool = load_pool(engine, signals, cfg)
@@ -88,7 +89,11 @@ def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
     manifest = _manifest(fmt, snapshot_id, created_at, pool, filters, train, eval_, cfg, signals, warnings)
     write_splits(out_dir, train, eval_)
     write_manifest(out_dir, manifest)
-    record_snapshot(engine, snapshot_id, created_at, out_dir, manifest, signals.run_id)
+    try:
+        record_snapshot(engine, snapshot_id, created_at, out_dir, manifest, signals.run_id, read_since=started)
+    except RatingloopError:
+        remove_build_files(out_dir)
+        raise
     log.info("build %s: %d interactions -> %d answers, %d corrections -> %d %s (train %d, eval %d); removed: %s",
              fmt, pool.n_interactions, len(pool.answers), len(pool.corrections), len(rows), UNIT[fmt], len(train),
              len(eval_), filters.explain())

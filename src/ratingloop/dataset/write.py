@@ -6,7 +6,8 @@ Writes, under the output folder:
     manifest.json            format, counts, filters and what each removed, hash, config, rating ids
 and records one `dataset_snapshots` row (SQLAlchemy Core) whose manifest is the same document and
 which names the signals run it was built from, so `ratingloop train` and the registry can say which
-ratings trained a version.
+ratings trained a version. A snapshot is not recorded when a user was deleted after the build began
+reading the store: their data may be in its rows (the caller removes the files; see purge.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import orjson
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, func, insert, select
 
 from ratingloop.dataset.rows import Row
+from ratingloop.errors import RatingloopError
+from ratingloop.store import lock_against_deletions
 from ratingloop.store import tables as t
 from ratingloop.store.db import write_transaction
 
@@ -68,10 +71,26 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     (out_dir / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
 
 
+def remove_build_files(out_dir: Path) -> None:
+    """What `write_splits` and `write_manifest` wrote, and nothing else of the folder."""
+    for name in SPLITS:
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+        (out_dir / f"{name}.jsonl").unlink(missing_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)
+
+
 def record_snapshot(engine: Engine, snapshot_id: str, created_at: datetime, out_dir: Path,
-                    manifest: dict[str, Any], signals_run_id: str | None = None) -> None:
+                    manifest: dict[str, Any], signals_run_id: str | None = None, *,
+                    read_since: datetime | None = None) -> None:
+    """Record the snapshot row; RatingloopError, recording nothing, when a user was deleted at or after
+    `read_since` (when the build began reading the store)."""
     table = t.DatasetSnapshot.__table__
     with write_transaction(engine) as conn:
+        lock_against_deletions(conn)
+        deleted = t.deleted_users.c.deleted_at
+        if read_since is not None and conn.execute(select(func.count()).where(deleted >= read_since)).scalar_one():
+            raise RatingloopError("a user was deleted while this build ran, so their data may be in its rows; "
+                                  "nothing was recorded: run the build again")
         conn.execute(insert(table).values(  # type: ignore[arg-type]
             id=snapshot_id, created_at=created_at, format=manifest["format"], content_hash=manifest["content_hash"],
             path=str(out_dir.resolve()), n_rows=manifest["rows"]["train"] + manifest["rows"]["eval"],

@@ -7,6 +7,7 @@ judges.py      reward model, held-out human ratings, simulated graders: one outc
 stats.py       win rate, paired bootstrap CI, length-controlled win rate (AlpacaEval LC)
 guards.py      length ratio, empty/refusal rate, KL per token, per-aspect change
 run.py         evaluate(engine, candidate, against) -> EvalReport, recorded in `evaluations`
+purge.py       a deleted user's prompts out of stored reports (their `examples`)
 
     report = evaluate(engine, "01J...", "active")
     report.verdict, report.reasons, report.as_dict()   # what `ratingloop eval --json` prints
@@ -15,6 +16,7 @@ Importing this package is cheap: torch and transformers load inside `evaluate`.
 """
 
 from ratingloop.evaluate.config import EvalConfig
+from ratingloop.evaluate.purge import purge_user
 from ratingloop.evaluate.run import CandidateFailed, EvalError, EvalReport, evaluate
 
-__all__ = ["CandidateFailed", "EvalConfig", "EvalError", "EvalReport", "evaluate"]
+__all__ = ["CandidateFailed", "EvalConfig", "EvalError", "EvalReport", "evaluate", "purge_user"]

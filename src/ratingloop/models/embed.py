@@ -10,7 +10,8 @@ needs to judge the answer *to this question* rather than the answer alone.
 
 Embedding is the slow part (~50 interactions a second on 2 CPU cores), and the content prior embeds the
 whole store on every run, so vectors are kept in an EmbeddingCache: only texts not seen before reach
-the encoder.
+the encoder. The cache keeps no text, only its SHA-256 and vector; a deleted user's vectors are removed
+from every cache under the data directory (`forget_texts`).
 """
 
 from __future__ import annotations
@@ -102,6 +103,37 @@ class EmbeddingCache:
 
     def __len__(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM vectors").fetchone()[0])
+
+    def forget(self, texts: Iterable[str]) -> int:
+        """Remove the vectors of `texts`, leaving no copy in the file (freed space zeroed, WAL truncated);
+        how many were there. Another text with the same vector only costs recomputation."""
+        keys = list({self.key(t) for t in texts})
+        removed = 0
+        self.db.execute("PRAGMA secure_delete=ON")
+        try:
+            with self.db:
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start:start + 500]
+                    removed += self.db.execute(
+                        f"DELETE FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk).rowcount
+        finally:
+            self.db.execute("PRAGMA secure_delete=OFF")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
+
+
+def forget_texts(data_dir: Path, texts: Iterable[str]) -> int:
+    """Remove the vectors of `texts` from every embedding cache under `data_dir`/cache (any encoder version);
+    how many were removed."""
+    texts = list(texts)
+    removed = 0
+    for path in sorted((data_dir / "cache").glob("embeddings-*.sqlite")):
+        cache = EmbeddingCache(path)
+        try:
+            removed += cache.forget(texts)
+        finally:
+            cache.db.close()
+    return removed
 
 
 def default_cache(data_dir: Path | None = None) -> EmbeddingCache:

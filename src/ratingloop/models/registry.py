@@ -17,6 +17,10 @@ state - and a partial unique index refuses a second active row whatever code wri
 
     promote(engine, version_id, actor="gate", evaluation_id=eval_id)
     rollback(engine, actor="alice")  # (from, to): back to what served before the last promotion
+
+A version trained on a dataset snapshot that a user's deletion purged is `tainted_at` (`taint_versions`),
+and so is every version trained on top of it: weights cannot forget what they learnt, so the registry
+records it; what serves is the operator's call (`versions list` shows it).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any, Iterator, cast
 from sqlalchemy import Connection, Engine, Table, insert, select, text, update
 
 from ratingloop.errors import RatingloopError
+from ratingloop.store import Footprint
 from ratingloop.store import tables as t
 from ratingloop.store.db import write_transaction
 from ratingloop.store.writes import new_id
@@ -78,6 +83,7 @@ class VersionRow:
     metrics: dict[str, Any]
     status: str  # candidate | active | rejected | retired
     traffic_share: float
+    tainted_at: datetime | None = None  # trained (it or an ancestor) on a snapshot purged since
 
 
 def _now() -> datetime:
@@ -367,6 +373,25 @@ def _check_evaluation(conn: Connection, evaluation_id: str | None) -> None:
         return
     if conn.execute(select(evaluations.c.id).where(evaluations.c.id == evaluation_id)).first() is None:
         raise RatingloopError(f"evaluation {evaluation_id!r} is not in the store")
+
+
+def taint_versions(conn: Connection, footprint: Footprint) -> None:
+    """In a user's deleting transaction, after the dataset stage's purge: versions trained on a purged
+    snapshot, and their descendants, are tainted (once; the first deletion's time stays)."""
+    v, s = model_versions.c, dataset_snapshots.c
+    rows = conn.execute(select(v.id, v.parent_id, v.tainted_at, s.purged_at)
+                        .join(dataset_snapshots, s.id == v.dataset_snapshot_id, isouter=True)).all()
+    tainted = {r.id for r in rows if r.tainted_at is not None or r.purged_at is not None}
+    grew = True
+    while grew:  # down the lineage: a child of a tainted version learnt from it
+        before = len(tainted)
+        tainted |= {r.id for r in rows if r.parent_id in tainted}
+        grew = len(tainted) > before
+    new = [r.id for r in rows if r.id in tainted and r.tainted_at is None]
+    if new:
+        conn.execute(update(model_versions).where(v.id.in_(new)).values(tainted_at=footprint.deleted_at))
+        log.warning("%d model version(s) were trained on a deleted user's data and are marked tainted: %s",
+                    len(new), ", ".join(new))
 
 
 # --- evaluations -------------------------------------------------------------------------------------------

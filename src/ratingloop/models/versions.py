@@ -85,5 +85,6 @@ def version_rows(engine: Engine) -> list[dict[str, Any]]:
     return [{"id": x["id"], "status": x["status"], "method": x["method"], "parent": x["parent_id"],
              "traffic_share": x["traffic_share"], "created_at": x["created_at"].isoformat(),
              "verdict": x["verdict"], "evaluation_id": x["evaluation_id"],
+             "tainted_at": x["tainted_at"].isoformat() if x["tainted_at"] else None,  # trained on a purged snapshot
              **{k: x[k] for k in ("base_model", "adapter_path", "parent_id", "training_run_id",
                                   "dataset_snapshot_id", "metrics")}} for x in rows]

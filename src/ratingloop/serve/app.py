@@ -8,25 +8,46 @@ Endpoints (OpenAPI at /docs):
     GET    /v1/stats              admin   the store's counts
     DELETE /v1/users/{user_id}    admin   remove a user's data and keep it out of later imports
     GET    /healthz
+
+Every request is admitted in the same order, cheapest refusal first: the caller from the
+Authorization header (401 before any body is read), the per-address rate limit for callers without
+the admin key, the body's size (a request without an Authorization header, whose feedback token rides
+in the body, may send at most RATINGLOOP_MAX_ANONYMOUS_REQUEST_BYTES), its Content-Type (JSON only: a
+web page on another site cannot send that without the browser asking first), then the body itself -
+parsed off the event loop when it is large, with duplicate keys refused - and the ratings-per-second
+limit of the token or admin key. A database that cannot be used answers 503 with Retry-After.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, TypeVar
+from urllib.parse import quote
 
 from fastapi import FastAPI, Header, Request
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 import ratingloop
 from ratingloop.config import Settings, load_settings
-from ratingloop.errors import FieldError, InvalidInput
-from ratingloop.serve.auth import Caller, TokenSigner, authenticate
-from ratingloop.serve.errors import BodyLimit, error_response, install_error_handlers, json_response
+from ratingloop.errors import FieldError, InvalidInput, Unauthorized
+from ratingloop.privacy import forget_user
+from ratingloop.serve.auth import Caller, LoopbackOnly, TokenSigner, authenticate
+from ratingloop.serve.errors import (
+    BodyLimit,
+    CatchAll,
+    crash_response,
+    error_response,
+    install_error_handlers,
+    json_response,
+)
+from ratingloop.serve.health import RETRY_AFTER_S, Outage, StoreHealth
+from ratingloop.serve.limits import Buckets, Rate
 from ratingloop.serve.writer import GroupWriter
 from ratingloop.store import (
     InteractionIn,
@@ -34,15 +55,18 @@ from ratingloop.store import (
     RatingIn,
     UnitResult,
     WriteUnit,
-    delete_user,
     export_rating,
     open_engine,
     store_stats,
 )
+from ratingloop.store.db import unavailable
 from ratingloop.store.records import clean_interaction, clean_rating, pydantic_errors
 from ratingloop.store.writes import new_id
 
 log = logging.getLogger(__name__)
+
+INLINE_PARSE_BYTES = 16 * 1024  # larger bodies are parsed on a worker thread, not the event loop
+
 
 class FeedbackBatch(BaseModel):
     items: list[RatingIn] = Field(min_length=1, description="ratings; stored all together or not at all")
@@ -53,15 +77,40 @@ def public_rating(row: dict[str, Any]) -> dict[str, Any]:
     return {"interaction_id": row["interaction_id"], **export_rating(row)}
 
 
-# The feedback endpoints (the hot ones) read their body themselves: pydantic-core parses and validates
-# the JSON in one pass, skipping FastAPI's generic body handling (measured: a third of the per-request
-# CPU). The schema is declared for /docs all the same.
+def header_id(iid: str) -> str:
+    """An id as an HTTP header value: headers are Latin-1, so anything beyond ASCII is percent-encoded."""
+    return iid if iid.isascii() and iid.isprintable() else quote(iid, safe="")
+
+
+# The POST endpoints read their body themselves: pydantic-core parses and validates the JSON in one
+# pass, skipping FastAPI's generic body handling (measured: a third of the per-request CPU), and only
+# after the caller is known. The schema is declared for /docs all the same.
 Body = TypeVar("Body", bound=BaseModel)
 
 
-async def parse_body(request: Request, model: type[Body]) -> Body:
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def parse_json(body: bytes, model: type[Body]) -> Body:
+    """The body as `model`; a key sent twice in one object is refused rather than silently resolved."""
     try:
-        return model.model_validate_json(await request.body())
+        json.loads(body, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise InvalidInput([FieldError(str(e), "sent twice in one JSON object; send each key once")]) from None
+    except ValueError:
+        pass  # not JSON: pydantic says where, below
+    try:
+        return model.model_validate_json(body)
     except ValidationError as e:
         raise InvalidInput(pydantic_errors(e)) from None
 
@@ -71,57 +120,123 @@ def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+class _Limits:
+    """The three rate limits of serve/limits.py, from Settings."""
+
+    def __init__(self, s: Settings):
+        self.token = Buckets(Rate(s.token_ratings_per_s, s.token_ratings_burst), "ratings per feedback token")
+        self.admin = Buckets(Rate(s.admin_ratings_per_s, s.admin_ratings_burst), "ratings per admin key")
+        self.address = Buckets(Rate(s.address_requests_per_s, s.address_requests_burst), "requests per address")
+
+    def ratings(self, who: Caller, n: int) -> None:
+        if who.admin:
+            self.admin.take("admin", n)
+        else:
+            self.token.take(who.token_interaction or "", n)
+
+
 def create_app(settings: Settings | None = None, *, open_admin: bool = False) -> FastAPI:
     """The feedback API over the store at `settings.url`. `open_admin` lets callers without a key act
-    as admin; `ratingloop serve` allows it only on a loopback address when no admin key is set."""
+    as admin; `ratingloop serve` allows it only on a loopback address when no admin key is set, and it
+    is ignored when one is."""
     settings = settings or load_settings()
+    if open_admin and settings.admin_key:
+        log.warning("RATINGLOOP_OPEN_ADMIN is ignored: an admin key is set, so admin endpoints need it")
+        open_admin = False
     engine = open_engine(settings.url)
     limits = Limits(settings.aspects, settings.implicit_signals, settings.max_comment_chars)
     signer = TokenSigner(settings.feedback_secret())
-    writer = GroupWriter(engine)
+    writer = GroupWriter(engine, user_key=settings.feedback_secret())
+    rate = _Limits(settings)
+    outage = Outage()
+    health = StoreHealth(engine, outage, settings.min_free_disk_bytes)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         writer.start()
         yield
         writer.stop()
+        health.close()
 
     app = FastAPI(title="ratingloop", version=ratingloop.__version__, lifespan=lifespan,
                   description="Log interactions and the ratings users give them.")
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    if open_admin:
+        app.add_middleware(LoopbackOnly)
+    app.add_middleware(CatchAll)
     install_error_handlers(app)
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    async def _database(_request: Request, exc: Exception) -> Response:
+        if not unavailable(exc):
+            return crash_response(exc)
+        outage.failed(exc)
+        return error_response(503, message=f"the store is unavailable right now; nothing was stored - retry in "
+                                           f"{RETRY_AFTER_S} s with the same idempotency_key",
+                              headers={"Retry-After": str(RETRY_AFTER_S)})
 
     def caller(authorization: str | None, body_token: str | None = None) -> Caller:
         return authenticate(authorization, body_token, admin_key=settings.admin_key, signer=signer,
                             open_admin=open_admin)
 
+    async def admit(request: Request, model: type[Body], *, admin_only: bool = False) -> tuple[Caller, Body]:
+        """The caller and the request's body, in the order of the module's docstring."""
+        header = request.headers.get("authorization")
+        who = caller(header) if header is not None or open_admin else None
+        if who is None or not who.admin:
+            rate.address.take(request.client.host if request.client else "unknown")
+            if who is None and admin_only:
+                raise Unauthorized("Authorization: missing; send 'Bearer <admin key>'")
+        if who is None:
+            size = request.headers.get("content-length", "")
+            cap = settings.max_anonymous_request_bytes
+            if not size.isdigit() or int(size) > cap:
+                return_413 = f"without an Authorization header a body may be at most {cap} bytes " \
+                             f"(got {size or 'no Content-Length'}); send the feedback token as 'Bearer <token>'"
+                raise InvalidInput([FieldError("body", return_413, 413)])
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+            raise InvalidInput([FieldError("Content-Type", f"{media or 'missing'}; send application/json", 415)])
+        raw = await request.body()
+        body = parse_json(raw, model) if len(raw) <= INLINE_PARSE_BYTES else \
+            await run_in_threadpool(parse_json, raw, model)
+        if who is None:
+            tokens = {item.feedback_token for item in getattr(body, "items", [body])} - {None}
+            who = caller(None, tokens.pop() if len(tokens) == 1 else None)
+        return who, body
+
     async def write(unit: WriteUnit) -> UnitResult:
         result = await writer.write(unit)
+        outage.ok()
         if result.errors:
             raise InvalidInput(result.errors)
         return result
 
-    @app.post("/v1/interactions", status_code=201, summary="Log an interaction produced elsewhere")
-    async def log_interaction(body: InteractionIn, authorization: str | None = Header(None)) -> Response:
-        caller(authorization).require_admin()
+    @app.post("/v1/interactions", status_code=201, summary="Log an interaction produced elsewhere",
+              openapi_extra=json_body_schema(InteractionIn))
+    async def log_interaction(request: Request) -> Response:
+        who, body = await admit(request, InteractionIn, admin_only=True)
+        who.require_admin()
         inter, errors = clean_interaction(body, limits, lambda _h: new_id())
         if inter is None:
             raise InvalidInput(errors)
+        rate.ratings(who, 1 + len(inter.ratings))
         result = await write(WriteUnit(interactions=[inter], live=True))
         status = result.interactions[0][1]
         content = {"id": inter.id, "feedback_token": signer.sign(inter.id),
                    "ratings": [public_rating(row) for row, _ in result.ratings]}
-        return json_response(content, status, headers={"X-Interaction-Id": inter.id})
+        return json_response(content, status, headers={"X-Interaction-Id": header_id(inter.id)})
 
     @app.post("/v1/feedback", status_code=201, summary="Rate an interaction (201 new, 200 replayed key)",
               openapi_extra=json_body_schema(RatingIn))
     async def feedback(request: Request) -> Response:
-        body = await parse_body(request, RatingIn)
-        who = caller(request.headers.get("authorization"), body.feedback_token)
+        who, body = await admit(request, RatingIn)
         rating, errors = clean_rating(body, limits)
         if rating is None:
             raise InvalidInput(errors)
-        who.may_rate(rating.interaction_id)
+        who.may_rate(rating.interaction_id, rating.source)
+        rate.ratings(who, 1)
         result = await write(WriteUnit(ratings=[rating], vouched=who.admin, live=True))
         row, status = result.ratings[0]
         return json_response(public_rating(row), status)
@@ -129,9 +244,7 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
     @app.post("/v1/feedback/batch", status_code=201, summary="Many ratings, stored all together or not at all",
               openapi_extra=json_body_schema(FeedbackBatch))
     async def feedback_batch(request: Request) -> Response:
-        body = await parse_body(request, FeedbackBatch)
-        tokens = {item.feedback_token for item in body.items} - {None}
-        who = caller(request.headers.get("authorization"), tokens.pop() if len(tokens) == 1 else None)
+        who, body = await admit(request, FeedbackBatch)
         if len(body.items) > settings.max_batch_items:
             return error_response(422, [FieldError("items", f"{len(body.items)} items; the limit is "
                                                    f"{settings.max_batch_items} (RATINGLOOP_MAX_BATCH_ITEMS)")])
@@ -143,8 +256,9 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
                 ratings.append(rating)
         if errors:
             raise InvalidInput(errors)
-        for rating in ratings:
-            who.may_rate(rating.interaction_id)
+        for i, rating in enumerate(ratings):
+            who.may_rate(rating.interaction_id, rating.source, f"items[{i}]")
+        rate.ratings(who, len(ratings))
         result = await write(WriteUnit(ratings=ratings, vouched=who.admin, live=True))
         created = sum(1 for _, status in result.ratings if status == 201)
         content = {"created": created, "replayed": len(result.ratings) - created,
@@ -152,27 +266,28 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
         return json_response(content, 201 if created else 200)
 
     @app.get("/v1/stats", summary="Counts of interactions, ratings, raters and versions")
-    async def stats(authorization: str | None = Header(None)) -> Response:
-        caller(authorization).require_admin()
+    async def stats(request: Request, authorization: str | None = Header(None)) -> Response:
+        who = caller(authorization)
+        if not who.admin:
+            rate.address.take(request.client.host if request.client else "unknown")
+        who.require_admin()
         return json_response(await run_in_threadpool(store_stats, engine))
 
-    @app.delete("/v1/users/{user_id}", summary="Delete a user's interactions and ratings, for good")
+    # {user_id:path}: an id may contain "/" (sent as %2F, which the server decodes before routing)
+    @app.delete("/v1/users/{user_id:path}", summary="Delete a user's data and what was derived from it, for good")
     async def delete(user_id: str, authorization: str | None = Header(None)) -> Response:
         caller(authorization).require_admin()
-        n_inter, n_ratings = await run_in_threadpool(delete_user, engine, user_id)
-        log.info("deleted user: %d interactions, %d ratings", n_inter, n_ratings)
-        return json_response({"user_id": user_id, "interactions_deleted": n_inter, "ratings_deleted": n_ratings})
+        gone = await run_in_threadpool(forget_user, engine, user_id, user_key=settings.feedback_secret(),
+                                       data_dir=settings.resolved_data_dir)
+        return json_response({"user_id": user_id, "interactions_deleted": gone.interactions,
+                              "ratings_deleted": gone.ratings})
 
-    @app.get("/healthz", summary="Liveness and database reachability")
+    @app.get("/healthz", summary="Whether the store can take writes: 200, or 503 saying why not")
     async def healthz() -> Response:
-        def ping() -> None:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-
-        try:
-            await run_in_threadpool(ping)
-        except Exception as e:
-            return json_response({"status": "error", "database": str(e)}, 503)
+        state = await health.check()
+        if not state["ok"]:
+            return json_response({"status": "error", "problem": state["problem"]}, 503,
+                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         return json_response({"status": "ok", "version": ratingloop.__version__,
                               "database": engine.dialect.name})
 

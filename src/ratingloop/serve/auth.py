@@ -12,8 +12,12 @@ import base64
 import hashlib
 import hmac
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from ratingloop.errors import Forbidden, Unauthorized
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ratingloop.errors import FieldError, Forbidden, Unauthorized
+from ratingloop.serve.errors import error_response
 
 TOKEN_PREFIX = "fbt1"
 
@@ -60,10 +64,16 @@ class Caller:
         if not self.admin:
             raise Forbidden("this endpoint needs the admin key; a feedback token only rates its interaction")
 
-    def may_rate(self, interaction_id: str) -> None:
-        if not self.admin and self.token_interaction != interaction_id:
-            raise Forbidden(f"interaction_id: this feedback token is for another interaction, "
+    def may_rate(self, interaction_id: str, source: str | None = None, field: str = "") -> None:
+        if self.admin:
+            return
+        at = f"{field}." if field else ""
+        if self.token_interaction != interaction_id:
+            raise Forbidden(f"{at}interaction_id: this feedback token is for another interaction, "
                             f"not {interaction_id!r}")
+        if source not in (None, "end_user"):
+            raise Forbidden(f"{at}source: a feedback token rates as the interaction's end user; only the admin "
+                            f"key may send source {source!r}")
 
 
 def authenticate(authorization: str | None, body_token: str | None, *, admin_key: str | None,
@@ -85,3 +95,42 @@ def authenticate(authorization: str | None, body_token: str | None, *, admin_key
     if open_admin:
         return Caller(admin=True)
     raise Unauthorized("Authorization: missing; send 'Bearer <admin key>' or the interaction's feedback token")
+
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]", "::1"}
+
+
+def _host_name(host: str) -> str:
+    """'127.0.0.1:8000' -> '127.0.0.1', '[::1]:8000' -> '[::1]'."""
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class LoopbackOnly:
+    """ASGI middleware for open-admin mode (no admin key, serving on a loopback address), where every
+    caller is admin: it refuses what a web page on another site can make this machine's browser send -
+    a Host that is not this machine (DNS rebinding) and cross-site requests (CSRF)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = _host_name(headers.get(b"host", ""))
+        origin = headers.get(b"origin")
+        problem = None
+        if host.lower() not in LOOPBACK_NAMES:
+            problem = (400, "Host", f"{host!r} is not this machine; without an admin key the server answers "
+                                    "only requests addressed to localhost")
+        elif origin is not None and _host_name(urlsplit(origin).netloc).lower() not in LOOPBACK_NAMES:
+            problem = (403, "Origin", f"{origin!r}: requests from web pages of other sites are refused while no "
+                                      "admin key is set (RATINGLOOP_ADMIN_KEY)")
+        elif headers.get(b"sec-fetch-site") == "cross-site":
+            problem = (403, "Sec-Fetch-Site", "cross-site requests are refused while no admin key is set")
+        if problem is None:
+            return await self.app(scope, receive, send)
+        status, field, reason = problem
+        await error_response(status, [FieldError(field, reason, status)])(scope, receive, send)

@@ -25,13 +25,14 @@ from ratingloop.store.records import pydantic_errors
 log = logging.getLogger(__name__)
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          409: "conflict", 410: "gone", 413: "request_too_large", 422: "invalid_value", 500: "internal_error"}
+          409: "conflict", 410: "gone", 413: "request_too_large", 415: "unsupported_media_type",
+          422: "invalid_value", 429: "rate_limit_exceeded", 500: "internal_error", 503: "unavailable"}
 _TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 409: "conflict_error",
-          500: "server_error"}
+          429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 
 
 def error_response(status: int, errors: list[FieldError] | None = None, message: str | None = None,
-                   param: str | None = None) -> Response:
+                   param: str | None = None, headers: dict[str, str] | None = None) -> Response:
     errors = errors or []
     if not errors and param and message:
         errors = [FieldError(param, message.split(": ", 1)[1] if message.startswith(param + ": ") else message)]
@@ -41,7 +42,7 @@ def error_response(status: int, errors: list[FieldError] | None = None, message:
                   "param": param or (errors[0].field if errors else None), "code": _CODES.get(status, str(status))},
         "errors": [{"field": e.field, "reason": e.reason} for e in errors],
     }
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -68,18 +69,45 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc)
         field, _, _ = message.partition(":")
         param = field if " " not in field and field != message else None
-        return error_response(exc.status, message=message, param=param)
-
-    @app.exception_handler(Exception)
-    async def _crash(_request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
-        return error_response(500, message=f"internal error ({type(exc).__name__}); nothing was stored "
-                                           "unless a 2xx said so - retry with the same idempotency_key")
+        retry = getattr(exc, "retry_after", None)
+        return error_response(exc.status, message=message, param=param,
+                              headers={"Retry-After": str(retry)} if retry else None)
 
     @app.exception_handler(HTTPException)
     async def _http(_request: Request, exc: HTTPException) -> Response:
         param = "body" if exc.status_code == 413 else None
         return error_response(exc.status_code, message=str(exc.detail), param=param)
+
+
+def crash_response(exc: BaseException) -> Response:
+    log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+    return error_response(500, message=f"internal error ({type(exc).__name__}); nothing was stored "
+                                       "unless a 2xx said so - retry with the same idempotency_key")
+
+
+class CatchAll:
+    """ASGI middleware: an exception no handler took becomes a 500 in our shape, and the connection stays
+    up (Starlette's own last resort answers, then re-raises, and uvicorn drops the connection)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:  # too late to answer; let the server close the connection
+                raise
+            await crash_response(exc)(scope, receive, send)
 
 
 class _AsValidationError:

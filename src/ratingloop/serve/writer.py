@@ -7,7 +7,8 @@ committed. Under load one commit serves many requests; alone, a request waits fo
 SQLite has one writer at a time, so it gets one thread. PostgreSQL gets two: while one transaction
 waits for its commit to reach the disk, the other gathers and judges the next group (measured: the
 commit's fsync, not the CPU, bounded one thread). Two groups racing for one idempotency key are
-settled by the unique index and `write_units`' re-judging.
+settled by the unique index and `write_units`' re-judging. A group the database refuses for any reason
+but its own unavailability is retried one unit at a time, so only the offending request fails.
 
 On SQLite a checkpointer thread also moves the WAL into the database file every second (a PASSIVE
 checkpoint never blocks the writer), so the fsync of a checkpoint does not land on some unlucky
@@ -25,6 +26,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from ratingloop.store import UnitResult, WriteUnit, write_units
+from ratingloop.store.db import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,8 @@ CHECKPOINT_EVERY_S = 1.0
 
 
 class GroupWriter:
-    def __init__(self, engine: Engine, threads: int | None = None):
-        self._engine = engine
+    def __init__(self, engine: Engine, threads: int | None = None, *, user_key: bytes):
+        self._engine, self._user_key = engine, user_key  # user_key: tombstones' key (store.writes.user_hash)
         self._queue: queue.SimpleQueue[tuple[WriteUnit, asyncio.Future[UnitResult]] | None] = queue.SimpleQueue()
         self._n_threads = threads or (1 if engine.dialect.name == "sqlite" else 2)
         self._threads: list[threading.Thread] = []
@@ -99,13 +101,24 @@ class GroupWriter:
                 return
 
     def _commit(self, group: list[tuple[WriteUnit, asyncio.Future[UnitResult]]]) -> None:
+        units = [unit for unit, _ in group]
         try:
-            results: list[Any] = write_units(self._engine, [unit for unit, _ in group])
-        except Exception as e:  # the database failed: every request in the group learns it
-            log.exception("group commit of %d units failed", len(group))
-            results = [e] * len(group)
+            results: list[Any] = write_units(self._engine, units, user_key=self._user_key)
+        except Exception as e:
+            # The database is down: every request learns it (the app answers 503). Anything else is one
+            # unit the database refused, and it must not fail the others: each unit again on its own.
+            results = [e] * len(group) if unavailable(e) or len(group) == 1 else self._one_by_one(units)
         for (_, future), result in zip(group, results, strict=True):
             future.get_loop().call_soon_threadsafe(_settle, future, result)
+
+    def _one_by_one(self, units: list[WriteUnit]) -> list[Any]:
+        results: list[Any] = []
+        for unit in units:
+            try:
+                results += write_units(self._engine, [unit], user_key=self._user_key)
+            except Exception as e:
+                results.append(e)
+        return results
 
 
 def _settle(future: asyncio.Future[UnitResult], result: Any) -> None:

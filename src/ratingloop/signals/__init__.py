@@ -12,7 +12,8 @@ content.py       the cross-fitted content prior (sentence embeddings + BayesianR
 load.py          the store's ratings as arrays
 report.py        compute_signals(engine) -> InteractionSignal and RaterSignal rows, the ratings that counted
 runs.py          record_signals(engine) fits once and stores the run; load_signals(engine) reads it back
-                 (what build, raters, evaluation and the loop use: they never refit)
+                 (what build, raters, evaluation and the loop use: they never refit); purge_user: a
+                 deleted user's rows out of every run
 
 Importing this package loads numpy, scipy and the store's tables only, never torch (the content prior
 loads scikit-learn and the sentence encoder when it runs). Other stages import from here:
@@ -22,7 +23,7 @@ loads scikit-learn and the sentence encoder when it runs). Other stages import f
 
 from ratingloop.signals.observations import RawRatings
 from ratingloop.signals.report import InteractionSignal, RaterSignal, SignalsConfig
-from ratingloop.signals.runs import StoredSignals, load_signals, ratings_since, record_signals
+from ratingloop.signals.runs import StoredSignals, load_signals, purge_user, ratings_since, record_signals
 
 __all__ = ["InteractionSignal", "RaterSignal", "RawRatings", "SignalsConfig", "StoredSignals", "load_signals",
-           "ratings_since", "record_signals"]
+           "purge_user", "ratings_since", "record_signals"]

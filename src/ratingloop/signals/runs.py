@@ -6,7 +6,8 @@ rows - `signals_interactions` (reward, confidence, aspects; unrated ones with n_
 `signals_raters` (estimates and flags) and `signals_ratings` (the ratings that counted: the latest
 per rater, interaction, aspect and channel, flagged raters left out). `load_signals` reads a run back
 (the newest by default) as `StoredSignals`; `build`, `raters`, evaluation and the loop read that and
-never refit. Runs are derived rows keyed by their id: a new run never edits an old one.
+never refit. Runs are derived rows keyed by their id: a new run never edits an old one - except when a
+user is deleted: `purge_user` removes their rows from every run (see below).
 
     stored = record_signals(engine)            # fit + write; SignalsConfig() defaults
     stored = load_signals(engine)              # the newest run, or load_signals(engine, run_id)
@@ -21,13 +22,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from ratingloop.errors import RatingloopError
 from ratingloop.signals.content import Embedder
 from ratingloop.signals.prior import ContentPrior
 from ratingloop.signals.report import InteractionSignal, RaterSignal, SignalsConfig, SignalsResult, compute_signals
+from ratingloop.store import Footprint
 from ratingloop.store import tables as t
 from ratingloop.store.db import write_transaction
 from ratingloop.store.writes import new_id
@@ -115,6 +117,14 @@ def ratings_since(engine: Engine, stored: StoredSignals) -> int:
         if stored.last_rating_at is not None:
             newer = conn.execute(select(func.count()).where(c.created_at > stored.last_rating_at)).scalar_one()
     return max(int(newer), int(total) - int(stored.summary.get("n_ratings", 0)))
+
+
+def purge_user(conn: Connection, footprint: Footprint) -> None:
+    """A deleted user's rows in every signals run, inside the deleting transaction. Their signals_ratings and
+    signals_interactions rows go with their ratings and interactions (ON DELETE CASCADE); their rater
+    estimates (signals_raters) have no such key, so they go here. A run's config and summary hold counts and
+    settings only: no id or text of anyone's."""
+    conn.execute(delete(t.signals_raters).where(t.signals_raters.c.rater_id == footprint.user_id))
 
 
 def _summary(result: SignalsResult) -> dict[str, Any]:

@@ -13,7 +13,7 @@ lengths by `cut_variants`). Writes nothing; `single_rated` returns the lines and
 
     prompts, answers = support_answers(300, seed=0)
     world = single_rated(prompts, answers, AskerConfig(invert_frac=0.2, unrated_frac=0.2))
-    import_lines(engine, world.lines, Limits())
+    import_lines(engine, world.lines, Limits(), user_key=settings.feedback_secret())
     world.score       # each interaction's hidden score; world.inverting: which askers invert
 """
 

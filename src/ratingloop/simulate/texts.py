@@ -12,7 +12,7 @@ numbers, products, days), paraphrases and mixtures vary, so memorising strings c
 
     sim = simulate(SimConfig(single_rated=True))
     texts = sim_texts(sim.truth)
-    report = import_lines(engine, import_lines_for(sim, texts), Limits())
+    report = import_lines(engine, import_lines_for(sim, texts), Limits(), user_key=settings.feedback_secret())
 """
 
 from __future__ import annotations

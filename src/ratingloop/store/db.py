@@ -15,7 +15,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ratingloop.errors import StoreError
 
@@ -144,3 +145,12 @@ def upgrade(engine: Engine) -> str | None:
             "Check RATINGLOOP_DATABASE_URL or --db."
         ) from None
     return head
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be used right now (unreachable, refusing connections, out of
+    disk, locked too long) rather than that a statement is wrong: such a failure is retried later, by
+    the caller, and never blamed on the data."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)

@@ -3,8 +3,10 @@ with its ratings). Export writes what import reads, so export -> import -> expor
 
 Import judges each line on its own: a bad line is reported with its number and stores nothing; the
 good lines around it are stored. Lines go through the same write path as the HTTP API, a chunk of
-lines per transaction. Ratings without an idempotency key get one derived from their content, and
-interactions without an id get one derived from theirs, so importing a file twice adds nothing.
+lines per transaction; a chunk the database refuses is written again line by line, so a line only the
+database objects to is reported like any other bad line. Ratings without an idempotency key get one
+derived from their content, and interactions without an id get one derived from theirs, so importing
+a file twice adds nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import orjson
 from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
-from ratingloop.errors import FieldError
+from ratingloop.errors import FieldError, StoreError
 from ratingloop.store import tables as t
+from ratingloop.store.db import unavailable
 from ratingloop.store.records import InteractionIn, Limits, clean_interaction, pydantic_errors
-from ratingloop.store.writes import WriteUnit, write_units
+from ratingloop.store.writes import UnitResult, WriteUnit, write_units
 
 CHUNK_LINES = 1000
 
@@ -47,8 +50,9 @@ class ImportReport:
 
 
 def import_lines(engine: Engine, lines: Iterable[bytes], limits: Limits,
-                 progress: Callable[[int], None] | None = None) -> ImportReport:
-    """Import JSONL lines (bytes, without or with their newline); `progress(n_bytes)` after each chunk."""
+                 progress: Callable[[int], None] | None = None, *, user_key: bytes) -> ImportReport:
+    """Import JSONL lines (bytes, without or with their newline); `progress(n_bytes)` after each chunk.
+    `user_key`: the server's secret, which tombstones are keyed with (store.writes.user_hash)."""
     report = ImportReport()
     chunk: list[tuple[int, WriteUnit]] = []
     chunk_bytes = 0
@@ -63,12 +67,12 @@ def import_lines(engine: Engine, lines: Iterable[bytes], limits: Limits,
         else:
             chunk.append((number, unit))
         if len(chunk) >= CHUNK_LINES:
-            _write_chunk(engine, chunk, report)
+            _write_chunk(engine, chunk, report, user_key)
             chunk = []
             if progress:
                 progress(chunk_bytes)
             chunk_bytes = 0
-    _write_chunk(engine, chunk, report)
+    _write_chunk(engine, chunk, report, user_key)
     if progress:
         progress(chunk_bytes)
     report.bad.sort(key=lambda item: item[0])
@@ -97,11 +101,19 @@ def _parse_line(line: bytes, limits: Limits) -> tuple[WriteUnit | None, list[Fie
     return WriteUnit(interactions=[inter]), []
 
 
-def _write_chunk(engine: Engine, chunk: list[tuple[int, WriteUnit]], report: ImportReport) -> None:
+def _write_chunk(engine: Engine, chunk: list[tuple[int, WriteUnit]], report: ImportReport, user_key: bytes) -> None:
     if not chunk:
         return
-    results = write_units(engine, [unit for _, unit in chunk])
+    try:
+        results: list[UnitResult | None] = list(write_units(engine, [u for _, u in chunk], user_key=user_key))
+    except Exception as e:
+        if unavailable(e):
+            raise StoreError(f"the database stopped answering at line {chunk[0][0]}: {_first_line(e)}. Lines "
+                             "before it are stored; importing the file again adds only what is missing") from None
+        results = [_write_alone(engine, number, unit, report, user_key) for number, unit in chunk]
     for (number, _), result in zip(chunk, results, strict=True):
+        if result is None:
+            continue
         if result.errors:
             if all(e.status == 410 for e in result.errors):
                 report.skipped_deleted += 1
@@ -118,6 +130,25 @@ def _write_chunk(engine: Engine, chunk: list[tuple[int, WriteUnit]], report: Imp
                 report.ratings_new += 1
             else:
                 report.ratings_existing += 1
+
+
+def _write_alone(engine: Engine, number: int, unit: WriteUnit, report: ImportReport,
+                 user_key: bytes) -> UnitResult | None:
+    """One line in its own transaction, after its chunk failed: the database's refusal is that line's."""
+    try:
+        return write_units(engine, [unit], user_key=user_key)[0]
+    except Exception as e:
+        if unavailable(e):
+            raise StoreError(f"the database stopped answering at line {number}: {_first_line(e)}") from None
+        report.bad.append((number, [FieldError("line", f"the database refused it ({type(e).__name__}: "
+                                                       f"{_first_line(e)})")]))
+        return None
+
+
+def _first_line(e: Exception) -> str:
+    """A database error's message without the statement and parameters SQLAlchemy appends."""
+    orig = getattr(e, "orig", None) or e
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:200]
 
 
 # -- export -----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Stage 1, the store: the tables of what must never be lost.
 
 Interactions and ratings are raw and append-only (a later rating supersedes an earlier one for
-training, but both rows stay); the only deletion is a user's, for privacy, which leaves a tombstone.
+training, but both rows stay); the only deletion is a user's, for privacy, which leaves a tombstone,
+purges the dataset snapshots that held their data and taints the versions trained on those.
 Model versions, dataset snapshots and training runs are the registry and its lineage. Schema changes
 go through Alembic migrations in `migrations/`, never `create_all`.
 """
@@ -107,7 +108,9 @@ class DeletedUser(Base):
 
     __tablename__ = "deleted_users"
 
-    user_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the user id
+    # HMAC-SHA256 of the user id keyed by the server's secret (store.writes.user_hash); tombstones written
+    # before migration 0004 hold the plain SHA-256 and are still honoured
+    user_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     deleted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     interactions_deleted: Mapped[int] = mapped_column(Integer)
     ratings_deleted: Mapped[int] = mapped_column(Integer)
@@ -127,6 +130,8 @@ class DatasetSnapshot(Base):
     config: Mapped[dict[str, Any]] = mapped_column(Json)
     manifest: Mapped[dict[str, Any]] = mapped_column(Json)
     signals_run_id: Mapped[str | None] = mapped_column(ForeignKey("signals_runs.id"))  # the rewards it was built from
+    # set when a user whose data it held was deleted: its files are removed and nothing trains on it again
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class TrainingRun(Base):
@@ -168,6 +173,8 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(Json)
     status: Mapped[str] = mapped_column(String(20), index=True)  # candidate|active|rejected|retired
     traffic_share: Mapped[float] = mapped_column(Float, default=0.0)
+    # set when it (or an ancestor) was trained on a snapshot since purged: weights cannot forget a user
+    tainted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class VersionEvent(Base):

@@ -8,17 +8,22 @@ each unit on its own: a bad unit stores nothing and does not stop the others.
 Idempotency: every rating has an idempotency key (the client's, one derived from an import line's
 content, or ``auto:<id>``). The same key with the same body is a replay (200, the original rating);
 the same key with a different body is a conflict (409). An interaction id works the same way.
+
+Tombstones: a deleted user's earlier data is refused (410). Tombstones name users by `user_hash`, an
+HMAC keyed by the server's secret (`Settings.feedback_secret()`), so every writer passes that key as
+`user_key`; tombstones from before migration 0004 hold the plain SHA-256 and are checked as well.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Sequence
 
-from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, insert, select
+from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
@@ -54,7 +59,15 @@ class UnitResult:
         return not self.errors
 
 
-def user_hash(user_id: str) -> str:
+def user_hash(user_id: str, key: bytes) -> str:
+    """How a tombstone names a user: HMAC-SHA256 keyed by the server's secret, so that a guessable id
+    (an email, a sequence number) cannot be read back from the table by hashing candidates. The message
+    carries its purpose, so it never equals a feedback token's MAC made with the same secret."""
+    return hmac.new(key, b"ratingloop-deleted-user:" + user_id.encode(), hashlib.sha256).hexdigest()
+
+
+def legacy_user_hash(user_id: str) -> str:
+    """How tombstones named users before migration 0004 (unsalted SHA-256): still honoured on lookup."""
     return hashlib.sha256(user_id.encode()).hexdigest()
 
 
@@ -62,13 +75,14 @@ def new_id() -> str:
     return str(ULID())
 
 
-def write_units(engine: Engine, units: Sequence[WriteUnit]) -> list[UnitResult]:
-    """Apply `units` in one transaction. Another process may insert the same key between our read
-    and our write; the unique index then refuses the insert and we judge the units again."""
+def write_units(engine: Engine, units: Sequence[WriteUnit], *, user_key: bytes) -> list[UnitResult]:
+    """Apply `units` in one transaction; `user_key` is the key tombstones are made with (`user_hash`).
+    Another process may insert the same key between our read and our write; the unique index then
+    refuses the insert and we judge the units again."""
     for attempt in range(5):
         try:
             with write_transaction(engine) as conn:
-                return apply_units(conn, units)
+                return apply_units(conn, units, user_key=user_key)
         except IntegrityError:
             if attempt == 4:
                 raise
@@ -76,10 +90,10 @@ def write_units(engine: Engine, units: Sequence[WriteUnit]) -> list[UnitResult]:
     raise AssertionError("unreachable")
 
 
-def apply_units(conn: Connection, units: Sequence[WriteUnit]) -> list[UnitResult]:
+def apply_units(conn: Connection, units: Sequence[WriteUnit], *, user_key: bytes) -> list[UnitResult]:
     """Judge every unit against the database and the units before it, then insert the good ones."""
     now = datetime.now(timezone.utc)
-    view = _Snapshot.load(conn, units)
+    view = _Snapshot.load(conn, units, user_key)
     results = []
     for unit in units:
         result, staged = _judge(unit, view, now)
@@ -104,12 +118,12 @@ class _Snapshot:
     interactions: dict[str, dict[str, Any]]  # id -> {content_hash, user_id}
     ratings_by_key: dict[str, dict[str, Any]]
     rating_ids: set[str]
-    tombstones: dict[str, datetime]
+    tombstones: dict[str, datetime]  # user id -> when they were deleted (only the people these units name)
     new_interactions: list[dict[str, Any]] = field(default_factory=list)
     new_ratings: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def load(cls, conn: Connection, units: Sequence[WriteUnit]) -> _Snapshot:
+    def load(cls, conn: Connection, units: Sequence[WriteUnit], user_key: bytes) -> _Snapshot:
         iids = {i.id for u in units for i in u.interactions} | {r.interaction_id for u in units for r in u.ratings}
         keys = {r.idempotency_key for u in units for r in _ratings(u) if r.idempotency_key}
         rids = {r.id for u in units for r in _ratings(u) if r.id}
@@ -122,15 +136,13 @@ class _Snapshot:
         people |= {i["user_id"] for i in interactions.values() if i["user_id"]}  # askers rate by default
         by_key = {row.idempotency_key: row._asdict() for row in _run_in(conn, _SELECT_RATINGS_BY_KEY, keys)}
         taken = {row.id for row in _run_in(conn, _SELECT_RATING_IDS, rids)}
-        tomb = {row.user_hash: row.deleted_at for row in
-                _run_in(conn, _SELECT_TOMBSTONES, {user_hash(p) for p in people})}
-        return cls(interactions, by_key, taken, tomb)
+        return cls(interactions, by_key, taken, find_tombstones(conn, people, user_key))
 
     def deleted(self, user_id: str | None, created_at: datetime | None) -> datetime | None:
         """When `user_id` was deleted, if this record predates that deletion (so must stay gone)."""
         if not user_id or not self.tombstones:
             return None
-        when = self.tombstones.get(user_hash(user_id))
+        when = self.tombstones.get(user_id)
         if when is not None and (created_at is None or created_at <= when):
             return when
         return None
@@ -151,6 +163,18 @@ class _Snapshot:
             raters = {r["rater_id"] for r in self.new_ratings}
             _insert_missing(conn, t.raters, [{"id": r, "first_seen_at": now} for r in sorted(raters)])
             conn.execute(_INSERT_RATINGS, self.new_ratings)
+
+
+def find_tombstones(conn: Connection, people: Iterable[str], user_key: bytes) -> dict[str, datetime]:
+    """When each of `people` was deleted, for those who were: by the keyed hash, or the legacy one."""
+    by_hash: dict[str, str] = {}
+    for person in people:
+        by_hash[user_hash(person, user_key)] = by_hash[legacy_user_hash(person)] = person
+    found: dict[str, datetime] = {}
+    for row in _run_in(conn, _SELECT_TOMBSTONES, by_hash):
+        person = by_hash[row.user_hash]
+        found[person] = max(row.deleted_at, found.get(person, row.deleted_at))
+    return found
 
 
 def _ratings(unit: WriteUnit) -> Iterator[CleanRating]:
@@ -276,30 +300,6 @@ def _insert_missing(conn: Connection, table: Table, rows: list[dict[str, Any]]) 
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         statement = _INSERT_MISSING[key] = dialect.insert(table).on_conflict_do_nothing()
     conn.execute(statement, rows)
-
-
-def delete_user(engine: Engine, user_id: str) -> tuple[int, int]:
-    """Remove a user's interactions (with every rating on them) and every rating they gave, with every
-    signals row derived from them, and leave a tombstone so that no later import brings them back.
-    Returns (interactions, ratings) removed."""
-    I, R, D = t.interactions, t.ratings, t.deleted_users
-    with write_transaction(engine) as conn:
-        theirs = select(I.c.id).where(I.c.user_id == user_id).scalar_subquery()
-        n_ratings = conn.execute(delete(R).where((R.c.rater_id == user_id) | R.c.interaction_id.in_(theirs))).rowcount
-        n_inter = conn.execute(delete(I).where(I.c.user_id == user_id)).rowcount
-        conn.execute(delete(t.raters).where(t.raters.c.id == user_id))
-        # derived rows: their signals_ratings and signals_interactions rows go with the ratings and interactions
-        # (ON DELETE CASCADE); their rater estimates have no such key, so they go here
-        conn.execute(delete(t.signals_raters).where(t.signals_raters.c.rater_id == user_id))
-        h = user_hash(user_id)
-        previous = conn.execute(select(D.c.interactions_deleted, D.c.ratings_deleted).where(D.c.user_hash == h)).first()
-        conn.execute(delete(D).where(D.c.user_hash == h))
-        conn.execute(insert(D), {
-            "user_hash": h, "deleted_at": datetime.now(timezone.utc),
-            "interactions_deleted": n_inter + (previous[0] if previous else 0),
-            "ratings_deleted": n_ratings + (previous[1] if previous else 0),
-        })
-    return n_inter, n_ratings
 
 
 def count_rows(conn: Connection, table: Table) -> int:

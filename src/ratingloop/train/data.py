@@ -61,6 +61,9 @@ def load_train_data(data_dir: Path, method: str) -> TrainData:
     if not data_dir.is_dir():
         raise RatingloopError(f"--data {data_dir}: no such folder; {fix}")
     manifest = _manifest(data_dir)
+    if manifest.get("purged_at"):
+        raise RatingloopError(f"--data {data_dir}: dataset snapshot {manifest.get('snapshot_id')} was purged at "
+                              f"{manifest['purged_at']} (it held data of a user who was deleted); {fix}")
     if manifest.get("format") not in (None, *formats):
         raise RatingloopError(f"--data {data_dir}: is a {manifest['format']!r} dataset, but --method {method} "
                               f"needs {' or '.join(map(repr, formats))}; {fix}")

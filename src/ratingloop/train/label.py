@@ -1,11 +1,12 @@
 """Stage 5, train: a reward model put to work on the store - `ratingloop label` and `ratingloop ask`.
 
-    report = label(engine, model=None, limit=1000)   # judge ratings on interactions nobody has rated
+    report = label(engine, model=None, limit=1000, user_key=key)   # judge ratings on unrated interactions
     rows = ask(engine, n=20)                        # the unrated interactions a human rating would teach most
 
 `label` scores interactions that carry no rating at all with a trained reward model
 (`scoring.load_scorer`, the newest registered one unless `model` is given) and stores each score as a
-rating through the store's one write path (`write_units`), so it is raw, append-only data like any other:
+rating through the store's one write path (`write_units`, with the server secret `user_key` its tombstone
+check needs), so it is raw, append-only data like any other:
 
     rater_id  "judge:<version id>" (or "judge:<folder name>" for an unregistered folder)
     source    "judge"
@@ -129,7 +130,7 @@ def confidence(sd: np.ndarray) -> np.ndarray:
 
 # --- label -------------------------------------------------------------------------------------------
 
-def label(engine: Engine, model: str | Path | None = None, *, limit: int | None = None,
+def label(engine: Engine, model: str | Path | None = None, *, user_key: bytes, limit: int | None = None,
           min_confidence: float = MIN_CONFIDENCE, progress: Callable[[int], None] | None = None) -> LabelReport:
     """Score up to `limit` interactions nobody has rated (newest first) and store the scores as judge ratings.
 
@@ -155,7 +156,7 @@ def label(engine: Engine, model: str | Path | None = None, *, limit: int | None 
         sds += sd[keep].tolist()
         units = [judge_unit(iid, float(m), float(s), rater, basis, folder)
                  for (iid, _, _), m, s, k in zip(page, mean, sd, keep, strict=True) if k]
-        for result in write_units(engine, units):
+        for result in write_units(engine, units, user_key=user_key):
             if not result.ok:  # cannot happen for well-formed units; never swallowed
                 raise RatingloopError(f"label: the store refused a judge rating: {result.errors}")
             report.written += sum(status == 201 for _, status in result.ratings)

@@ -39,12 +39,13 @@ from typing import Any, Sequence
 from sqlalchemy import Engine
 
 import ratingloop
+from ratingloop.dataset import purged_at
 from ratingloop.errors import ConfigError, RatingloopError
 from ratingloop.models import ModelLoadError, resolve_model
 from ratingloop.models.registry import fail_run, finish_run, get_run, reopen_run, snapshot_exists, start_run, update_run
 from ratingloop.train.common import load_base
 from ratingloop.train.config import TrainConfig
-from ratingloop.train.data import TrainData, load_train_data
+from ratingloop.train.data import TrainData, dataset_format, load_train_data
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,11 @@ def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Pa
 def _data(engine: Engine, method: str, data_dir: Path) -> TrainData:
     """The built dataset in `data_dir`, checked against the method; its snapshot id kept if this store has it."""
     data = load_train_data(Path(data_dir), method)
+    purged = purged_at(engine, data.snapshot_id) if data.snapshot_id is not None else None
+    if purged is not None:  # a copy of a purged folder: it holds a deleted user's data
+        raise RatingloopError(f"--data {data_dir}: dataset snapshot {data.snapshot_id} was purged at "
+                              f"{purged.isoformat()} (it held data of a user who was deleted); build a new one "
+                              f"with `ratingloop build --format {dataset_format(method)}`, or train without --data")
     if data.snapshot_id is not None and not snapshot_exists(engine, data.snapshot_id):
         log.warning("--data %s: its snapshot %s is not in this store; the run records no dataset snapshot",
                     data_dir, data.snapshot_id)
