@@ -256,17 +256,21 @@ def test_a_full_disk_answers_503_and_healthz_says_so(sqlite_url: str, tmp_path: 
         with caplog.at_level("WARNING"):
             answers = [client.post("/v1/feedback", json={**big, "idempotency_key": f"k{i}"}, headers=ADMIN)
                        for i in range(20)]
-        assert {r.status_code for r in answers} == {503}, [r.text for r in answers[:2]]
-        assert answers[0].headers["Retry-After"] == "5"
-        assert "disk" not in answers[0].text and "sqlite" not in answers[0].text.lower()  # no database text out
+        statuses = [r.status_code for r in answers]
+        stored = statuses.index(503)  # what still fitted in the file's free space went in
+        assert stored < 5 and set(statuses[stored:]) == {503}, statuses
+        refused = answers[stored]
+        assert refused.headers["Retry-After"] == "5"
+        assert "disk" not in refused.text and "sqlite" not in refused.text.lower()  # no database text out
         assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()].__len__() == 1
         assert not [r for r in caplog.records if r.exc_info]  # no traceback per request
         health = client.get("/healthz")
         assert health.status_code == 503 and "writes are failing" in health.json()["problem"]
         event.remove(engine, "connect", cap)
         engine.dispose()
-        assert client.post("/v1/feedback", json={**big, "idempotency_key": "k0"}, headers=ADMIN).status_code == 201
-        assert counts(client) == (1, 1)
+        retry = client.post("/v1/feedback", json={**big, "idempotency_key": f"k{stored}"}, headers=ADMIN)
+        assert retry.status_code == 201
+        assert counts(client) == (1, stored + 1)
 
 
 class Proxy:
@@ -477,3 +481,46 @@ def test_an_unauthenticated_flood_of_large_bodies_leaves_healthz_fast(db_url: st
     # before the fix a flood like this made /healthz take 2-4 s; the figure against the 100 ms target is
     # bench/hostile.py's, measured beside a baseline (a timed test on shared cores would only measure them)
     assert p99 < 1.0, f"/healthz p99 {p99 * 1000:.0f} ms under the flood"
+
+
+def test_a_token_may_store_only_so_many_ratings_on_its_interaction(sqlite_url: str, tmp_path: Path) -> None:
+    with make_client(sqlite_url, tmp_path, max_ratings_per_rater_interaction=5) as client:
+        iid, token = logged(client, user_id="u1")
+        auth = {"Authorization": f"Bearer {token}"}
+        r = client.post("/v1/feedback/batch", headers=auth, json={"items": [
+            {"interaction_id": iid, "kind": "thumbs", "value": 1, "idempotency_key": f"k{n}"} for n in range(4)]})
+        assert r.status_code == 201
+        statuses = [client.post("/v1/feedback", headers=auth, json={
+            "interaction_id": iid, "kind": "stars", "value": 4, "idempotency_key": f"s{n}"}).status_code
+            for n in range(3)]
+        assert statuses == [201, 429, 429]
+        replay = client.post("/v1/feedback", headers=auth, json={"interaction_id": iid, "kind": "thumbs", "value": 1,
+                                                                 "idempotency_key": "k0"})
+        assert replay.status_code == 200  # a retry of a stored rating is still answered
+        admin = client.post("/v1/feedback", headers=ADMIN, json={"interaction_id": iid, "kind": "thumbs", "value": 1})
+        assert admin.status_code == 201  # the product's server is not capped
+        assert counts(client) == (1, 6)
+
+
+def test_idempotency_keys_are_scoped_to_their_interaction(client: TestClient) -> None:
+    a, token_a = logged(client, user_id="u1")
+    b, token_b = logged(client, user_id="u2")
+    body = {"kind": "thumbs", "value": 1, "idempotency_key": "click-1"}
+    first = client.post("/v1/feedback", json={**body, "interaction_id": a},
+                        headers={"Authorization": f"Bearer {token_a}"})
+    # another user sending the same key on their own interaction is neither refused nor told it exists
+    other = client.post("/v1/feedback", json={**body, "value": -1, "interaction_id": b},
+                        headers={"Authorization": f"Bearer {token_b}"})
+    assert (first.status_code, other.status_code) == (201, 201)
+    assert first.json()["id"] != other.json()["id"]
+    assert counts(client) == (2, 2)
+
+
+def test_a_token_of_a_deleted_user_answers_410(client: TestClient) -> None:
+    iid, token = logged(client, user_id="gone")
+    assert client.delete("/v1/users/gone", headers=ADMIN).status_code == 200
+    r = client.post("/v1/feedback", json={"interaction_id": iid, "kind": "thumbs", "value": 1},
+                    headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 410 and r.json()["error"]["param"] == "interaction_id", r.text
+    unknown = client.post("/v1/feedback", json={"interaction_id": "never", "kind": "thumbs", "value": 1}, headers=ADMIN)
+    assert unknown.status_code == 404

@@ -82,8 +82,12 @@ def serve(
         os.environ["RATINGLOOP_OPEN_ADMIN"] = "1"
     from ratingloop.store import open_engine
 
-    open_engine(settings.url)  # migrate once here, not racing in each worker
+    engine = open_engine(settings.url)  # migrate once here, not racing in each worker
     settings.feedback_secret()
+    if engine.dialect.name != "sqlite" and not settings.secret:
+        err.print(f"[yellow]feedback tokens and tombstones are keyed with {settings.resolved_data_dir / 'secret'}: "
+                  "every server of this shared database needs the same key - set RATINGLOOP_SECRET on all of "
+                  "them, or tokens one server issued are refused by the others[/]")
     err.print(f"ratingloop serving {settings.url.split('@')[-1]} on http://{host}:{port}  (docs: /docs)")
     uvicorn.run("ratingloop.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 access_log=access_log, log_level="info", log_config=uvicorn_log_config())

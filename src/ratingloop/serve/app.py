@@ -206,6 +206,9 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
             who = caller(None, tokens.pop() if len(tokens) == 1 else None)
         return who, body
 
+    def cap(who: Caller) -> int | None:
+        return None if who.admin else settings.max_ratings_per_rater_interaction
+
     async def write(unit: WriteUnit) -> UnitResult:
         result = await writer.write(unit)
         outage.ok()
@@ -237,7 +240,7 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
             raise InvalidInput(errors)
         who.may_rate(rating.interaction_id, rating.source)
         rate.ratings(who, 1)
-        result = await write(WriteUnit(ratings=[rating], vouched=who.admin, live=True))
+        result = await write(WriteUnit(ratings=[rating], vouched=who.admin, live=True, max_per_rater=cap(who)))
         row, status = result.ratings[0]
         return json_response(public_rating(row), status)
 
@@ -259,7 +262,7 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
         for i, rating in enumerate(ratings):
             who.may_rate(rating.interaction_id, rating.source, f"items[{i}]")
         rate.ratings(who, len(ratings))
-        result = await write(WriteUnit(ratings=ratings, vouched=who.admin, live=True))
+        result = await write(WriteUnit(ratings=ratings, vouched=who.admin, live=True, max_per_rater=cap(who)))
         created = sum(1 for _, status in result.ratings if status == 201)
         content = {"created": created, "replayed": len(result.ratings) - created,
                    "items": [{"id": row["id"], "status": status} for row, status in result.ratings]}

@@ -12,7 +12,21 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -76,7 +90,8 @@ class Rating(Base):
     """One rating event. Raw value and its scale are kept; rewards are derived later (signals)."""
 
     __tablename__ = "ratings"
-    __table_args__ = (Index("ix_ratings_interaction_rater", "interaction_id", "rater_id"),)
+    __table_args__ = (Index("ix_ratings_interaction_rater", "interaction_id", "rater_id"),
+                      UniqueConstraint("idempotency_key", "interaction_id"))  # keys are per interaction
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     interaction_id: Mapped[str] = mapped_column(ID, ForeignKey("interactions.id", ondelete="CASCADE"))
@@ -90,7 +105,7 @@ class Rating(Base):
     signal: Mapped[str | None] = mapped_column(String(64))  # implicit: copy, regenerate, ...
     text: Mapped[str | None] = mapped_column(Text)  # comment text, or a correction's better answer
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    idempotency_key: Mapped[str] = mapped_column(String(256), unique=True)
+    idempotency_key: Mapped[str] = mapped_column(String(256))
     body_hash: Mapped[str] = mapped_column(String(64))  # same key + same body = replay, else conflict
 
 

@@ -46,6 +46,7 @@ class WriteUnit:
     ratings: list[CleanRating] = field(default_factory=list)
     vouched: bool = True
     live: bool = False  # sent through the API just now: a record without created_at is new, not history
+    max_per_rater: int | None = None  # the most ratings its rater may have on one interaction, ever (a token's cap)
 
 
 @dataclass
@@ -107,7 +108,7 @@ def apply_units(conn: Connection, units: Sequence[WriteUnit], *, user_key: bytes
 @dataclass
 class _Staged:
     interactions: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ratings: dict[str, dict[str, Any]] = field(default_factory=dict)  # by idempotency key
+    ratings: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # by (interaction, key)
     rating_ids: set[str] = field(default_factory=set)
 
 
@@ -116,9 +117,10 @@ class _Snapshot:
     """What the database holds for the ids and keys these units mention, plus what they add."""
 
     interactions: dict[str, dict[str, Any]]  # id -> {content_hash, user_id}
-    ratings_by_key: dict[str, dict[str, Any]]
+    ratings_by_key: dict[tuple[str, str], dict[str, Any]]  # (interaction id, idempotency key) -> row
     rating_ids: set[str]
     tombstones: dict[str, datetime]  # user id -> when they were deleted (only the people these units name)
+    per_rater: dict[tuple[str, str], int]  # (interaction, rater) -> ratings stored, for capped units only
     new_interactions: list[dict[str, Any]] = field(default_factory=list)
     new_ratings: list[dict[str, Any]] = field(default_factory=list)
 
@@ -134,9 +136,12 @@ class _Snapshot:
             for row in _run_in(conn, _SELECT_INTERACTIONS, iids)
         }
         people |= {i["user_id"] for i in interactions.values() if i["user_id"]}  # askers rate by default
-        by_key = {row.idempotency_key: row._asdict() for row in _run_in(conn, _SELECT_RATINGS_BY_KEY, keys)}
+        by_key = {(row.interaction_id, row.idempotency_key): row._asdict()
+                  for row in _run_in(conn, _SELECT_RATINGS_BY_KEY, keys)}
         taken = {row.id for row in _run_in(conn, _SELECT_RATING_IDS, rids)}
-        return cls(interactions, by_key, taken, find_tombstones(conn, people, user_key))
+        capped = {r.interaction_id for u in units if u.max_per_rater for r in u.ratings}
+        per_rater = {(row.interaction_id, row.rater_id): row.n for row in _run_in(conn, _COUNT_PER_RATER, capped)}
+        return cls(interactions, by_key, taken, find_tombstones(conn, people, user_key), per_rater)
 
     def deleted(self, user_id: str | None, created_at: datetime | None) -> datetime | None:
         """When `user_id` was deleted, if this record predates that deletion (so must stay gone)."""
@@ -155,6 +160,8 @@ class _Snapshot:
             self.ratings_by_key[key] = row
             self.rating_ids.add(row["id"])
             self.new_ratings.append(row)
+            pair = (row["interaction_id"], row["rater_id"])
+            self.per_rater[pair] = self.per_rater.get(pair, 0) + 1
 
     def flush(self, conn: Connection, now: datetime) -> None:
         if self.new_interactions:
@@ -192,7 +199,7 @@ def _judge(unit: WriteUnit, view: _Snapshot, now: datetime) -> tuple[UnitResult,
     if result.errors:  # the ratings of an interaction that cannot be stored are moot
         return result, staged
     for rating in _ratings(unit):
-        outcome = _judge_rating(rating, unit.vouched, unit.live, view, staged, now, result.errors)
+        outcome = _judge_rating(rating, unit, view, staged, now, result.errors)
         if outcome:
             result.ratings.append(outcome)
     return result, staged
@@ -221,12 +228,16 @@ def _judge_interaction(inter: CleanInteraction, live: bool, view: _Snapshot, sta
     return 201
 
 
-def _judge_rating(r: CleanRating, vouched: bool, live: bool, view: _Snapshot, staged: _Staged, now: datetime,
+def _judge_rating(r: CleanRating, unit: WriteUnit, view: _Snapshot, staged: _Staged, now: datetime,
                   errors: list[FieldError]) -> tuple[dict[str, Any], int] | None:
     def bad(name: str, reason: str, status: int) -> None:
         errors.append(FieldError(f"{r.path}.{name}" if r.path else name, reason, status))
 
+    vouched, live = unit.vouched, unit.live
     inter = staged.interactions.get(r.interaction_id) or view.interactions.get(r.interaction_id)
+    if inter is None and not vouched:  # a token is issued only for a logged interaction: this one was deleted
+        bad("interaction_id", f"interaction {r.interaction_id!r} was deleted with its user's data", 410)
+        return None
     if inter is None:
         bad("interaction_id", f"no interaction {r.interaction_id!r}; log it first (POST /v1/interactions)", 404)
         return None
@@ -245,13 +256,21 @@ def _judge_rating(r: CleanRating, vouched: bool, live: bool, view: _Snapshot, st
     body_hash = canonical_hash([r.interaction_id, rater, source, r.kind, r.aspect, r.value, r.scale_min,
                                 r.scale_max, r.signal, r.text])
     rid = r.id or new_id()
-    key = r.idempotency_key or f"auto:{rid}"
+    key = (r.interaction_id, r.idempotency_key or f"auto:{rid}")
     seen = staged.ratings.get(key) or view.ratings_by_key.get(key)
     if seen is not None:
         if seen["body_hash"] != body_hash:
-            bad("idempotency_key", f"key {key!r} was already used for a different rating", 409)
+            bad("idempotency_key", f"key {key[1]!r} was already used for a different rating of this interaction",
+                409)
             return None
         return seen, 200
+    stored = view.per_rater.get((r.interaction_id, rater), 0)
+    stored += sum(1 for row in staged.ratings.values() if (row["interaction_id"], row["rater_id"]) == (
+        r.interaction_id, rater))
+    if unit.max_per_rater is not None and stored >= unit.max_per_rater:
+        bad("interaction_id", f"{stored} ratings of this interaction by its user already; the limit is "
+                              f"{unit.max_per_rater} (RATINGLOOP_MAX_RATINGS_PER_RATER_INTERACTION)", 429)
+        return None
     if r.id is not None and (r.id in view.rating_ids or r.id in staged.rating_ids):
         bad("id", f"rating id {r.id!r} already exists with another idempotency key", 409)
         return None
@@ -259,7 +278,7 @@ def _judge_rating(r: CleanRating, vouched: bool, live: bool, view: _Snapshot, st
         "id": rid, "interaction_id": r.interaction_id, "rater_id": rater,
         "source": source, "kind": r.kind, "aspect": r.aspect,
         "value": r.value, "scale_min": r.scale_min, "scale_max": r.scale_max, "signal": r.signal,
-        "text": r.text, "created_at": r.created_at or now, "idempotency_key": key, "body_hash": body_hash,
+        "text": r.text, "created_at": r.created_at or now, "idempotency_key": key[1], "body_hash": body_hash,
     }
     staged.ratings[key] = row
     staged.rating_ids.add(rid)
@@ -273,6 +292,8 @@ _VALUES: Any = bindparam("values", expanding=True)
 _SELECT_INTERACTIONS = select(t.interactions.c.id, t.interactions.c.content_hash, t.interactions.c.user_id).where(
     t.interactions.c.id.in_(_VALUES))
 _SELECT_RATINGS_BY_KEY = select(t.ratings).where(t.ratings.c.idempotency_key.in_(_VALUES))
+_COUNT_PER_RATER = select(t.ratings.c.interaction_id, t.ratings.c.rater_id, func.count().label("n")).where(
+    t.ratings.c.interaction_id.in_(_VALUES)).group_by(t.ratings.c.interaction_id, t.ratings.c.rater_id)
 _SELECT_RATING_IDS = select(t.ratings.c.id).where(t.ratings.c.id.in_(_VALUES))
 _SELECT_TOMBSTONES = select(t.deleted_users.c.user_hash, t.deleted_users.c.deleted_at).where(
     t.deleted_users.c.user_hash.in_(_VALUES))
