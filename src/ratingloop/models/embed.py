@@ -49,8 +49,17 @@ def prompt_text(messages: Sequence[dict[str, str]] | str) -> str:
     """The turn an answer replies to: the last user message (the whole string for a plain prompt)."""
     if isinstance(messages, str):
         return messages
-    users = [m.get("content", "") for m in messages if m.get("role") == "user"]
-    return users[-1] if users else (messages[-1].get("content", "") if messages else "")
+    users = [m.get("content") for m in messages if m.get("role") == "user"]
+    return content_text(users[-1] if users else (messages[-1].get("content") if messages else None))
+
+
+def content_text(content: Any) -> str:
+    """A message's content as text: a string as it is, OpenAI's list of parts as its text parts, else ''."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict)).strip()
+    return ""
 
 
 class EmbeddingCache:

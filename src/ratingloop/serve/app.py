@@ -60,7 +60,7 @@ from ratingloop.store import (
     store_stats,
 )
 from ratingloop.store.db import unavailable
-from ratingloop.store.records import clean_interaction, clean_rating, pydantic_errors
+from ratingloop.store.records import clean_interaction, clean_rating, pydantic_errors, text_problem
 from ratingloop.store.writes import new_id
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,31 @@ def parse_json(body: bytes, model: type[Body]) -> Body:
 
 
 def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    """The request body of an endpoint that reads its own; the models it refers to are added to the
+    document's components by `_with_body_models`."""
+    schema = model.model_json_schema(ref_template=SCHEMA_REF)
+    schema.pop("$defs", None)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+SCHEMA_REF = "#/components/schemas/{model}"
+
+
+def _with_body_models(app: FastAPI) -> None:
+    """Make app.openapi() also list the models that `json_body_schema` bodies refer to."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (InteractionIn, RatingIn, FeedbackBatch):
+                components.update(model.model_json_schema(ref_template=SCHEMA_REF).pop("$defs", {}))
+                components.setdefault(model.__name__, model.model_json_schema(ref_template=SCHEMA_REF))
+                components[model.__name__].pop("$defs", None)
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class _Limits:
@@ -165,6 +188,7 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
         app.add_middleware(LoopbackOnly)
     app.add_middleware(CatchAll)
     install_error_handlers(app)
+    _with_body_models(app)
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(PoolTimeout)
@@ -280,6 +304,9 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
     @app.delete("/v1/users/{user_id:path}", summary="Delete a user's data and what was derived from it, for good")
     async def delete(user_id: str, authorization: str | None = Header(None)) -> Response:
         caller(authorization).require_admin()
+        problem = text_problem(user_id, is_id=True)
+        if problem:
+            raise InvalidInput([FieldError("user_id", problem)])
         gone = await run_in_threadpool(forget_user, engine, user_id, user_key=settings.feedback_secret(),
                                        data_dir=settings.resolved_data_dir)
         return json_response({"user_id": user_id, "interactions_deleted": gone.interactions,
