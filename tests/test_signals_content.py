@@ -23,7 +23,15 @@ from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.errors import ConfigError
 from ratingloop.models.embed import prompt_text
 from ratingloop.signals import StoredSignals, record_signals
-from ratingloop.signals.content import ContentConfig, ContentData, cross_fitted_prior, decide, project, rater_folds
+from ratingloop.signals.content import (
+    ContentConfig,
+    ContentData,
+    cross_fitted_prior,
+    decide,
+    length_feature,
+    project,
+    rater_folds,
+)
 from ratingloop.signals.load import LoadedRatings
 from ratingloop.signals.normalise import rewards
 from ratingloop.signals.observations import observations
@@ -239,3 +247,13 @@ def test_cleaned_single_rated_data_trains_better_than_raw(tmp_path: Path) -> Non
             "raw": BayesianRidge().fit(x[part.item], raw)}
     rho = {k: spearmanr(m.predict(x[held]), q[held])[0] for k, m in fits.items()}
     assert rho["clean"] > rho["raw"] + 0.02, rho
+
+
+def test_the_answers_length_is_a_content_feature() -> None:
+    """A sentence embedding barely sees length, which raters reward or punish more than anything else: the
+    standardised log word count joins the features (ContentConfig.length_weight), from no ratings at all."""
+    z = length_feature(["one", "one two three", "a " * 50, "a " * 200])
+    assert abs(z.mean()) < 1e-9 and abs(z.std() - 1.0) < 1e-9
+    assert list(np.argsort(z)) == [0, 1, 2, 3]
+    assert (length_feature(["same length", "other words"]) == 0).all()  # nothing to say where all are alike
+    assert ContentConfig().length_weight > 0
