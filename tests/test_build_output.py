@@ -13,6 +13,7 @@ from build_store import line, store_with
 from ratingloop.dataset import BuildConfig, build_dataset
 from ratingloop.dataset.scrub import scrub
 from ratingloop.dataset.split import prompt_bucket
+from ratingloop.errors import RatingloopError
 from ratingloop.store.tables import DatasetSnapshot
 
 
@@ -76,6 +77,18 @@ def test_split_is_prompt_disjoint(engine: Any, tmp_path: Path) -> None:
     assert result.manifest["prompts"] == {"train": len(prompts["train"]), "eval": len(prompts["eval"])}
     assert 3 <= len(prompts["eval"]) <= 16  # about 30% of 30 prompts
     assert 0.0 <= prompt_bucket("abc", "s") < 1.0 and prompt_bucket("abc", "s") == prompt_bucket("abc", "s")
+
+
+def test_a_minimum_of_held_out_prompts_for_the_gate(engine: Any, tmp_path: Path) -> None:
+    """The loop asks for 24 held-out prompts; never more than a third of them, the rest still trains."""
+    few = build_dataset(engine, "reward", tmp_path / "few", BuildConfig(eval_fraction=0.1))
+    some = build_dataset(engine, "reward", tmp_path / "some", BuildConfig(eval_fraction=0.1, min_eval_prompts=8))
+    capped = build_dataset(engine, "reward", tmp_path / "capped", BuildConfig(eval_fraction=0.1, min_eval_prompts=24))
+    n_prompts = few.manifest["prompts"]["train"] + few.manifest["prompts"]["eval"]
+    assert few.manifest["prompts"]["eval"] < 8 == some.manifest["prompts"]["eval"]
+    assert capped.manifest["prompts"]["eval"] == n_prompts // 3
+    with pytest.raises(RatingloopError, match="min_eval_prompts=-1"):
+        build_dataset(engine, "sft", tmp_path / "bad", BuildConfig(min_eval_prompts=-1))
 
 
 def test_dedupe_merges_answers_and_can_be_turned_off(engine: Any, tmp_path: Path) -> None:

@@ -103,6 +103,11 @@ def train_from_store(engine: Engine, method: str, *, out_dir: Path, base: str | 
 DEFAULT_METHOD = "kto"
 SECTIONS = ("train", "build", "signals", "eval")  # the tables `loop --config/--set` may set
 LABEL_WHEN_UNRATED = 0.5  # label runs when at least this share of the interactions has no rating
+# The gate judges a candidate on the prompts no training set used. A store of ~70 questions holds out 7 at the
+# build's 10%, and 7 cannot clear a 95% interval unless nearly every answer wins (tests/test_loop_default.py
+# rejected a candidate at win rate 0.69 that way); a round trains on at most 128 rows anyway
+# (loop_train_config), so holding out more prompts costs a small store little.
+LOOP_BUILD_DEFAULTS = {"min_eval_prompts": 24}
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,8 @@ def _train_step(engine: Engine, round_id: str, spec: RoundSpec) -> dict[str, Any
         result = train_from_store(
             engine, spec.method, out_dir=out_dir, base=spec.base,
             cfg=spec.train_config,
-            build_cfg=spec.section(BuildConfig, "build"), signals_cfg=spec.section(SignalsConfig, "signals"),
+            build_cfg=spec.section(BuildConfig, "build", LOOP_BUILD_DEFAULTS),
+            signals_cfg=spec.section(SignalsConfig, "signals"),
             parent_version_id=active.id if active else None, round_id=round_id, progress=False)
     except Exception as e:  # noqa: BLE001 - any training failure fails the round, recorded with its reason
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}

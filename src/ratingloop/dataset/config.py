@@ -41,6 +41,8 @@ class BuildConfig:
     dedupe: bool = True  # identical answers merged (precision-weighted), identical rows dropped
     scrub_pii: bool = False  # replace emails and phone numbers with [EMAIL] / [PHONE]
     eval_fraction: float = 0.1  # share of prompts (not rows) held out
+    min_eval_prompts: int = 0  # hold out at least this many prompts (never more than a third): a gate judging
+    # a candidate on 7 held-out prompts cannot clear its confidence interval unless nearly every answer wins
     split_salt: str = "ratingloop"  # changing it reshuffles which prompts are held out
     warn_below: int = 50  # warn when the train split has fewer rows than this
 
@@ -62,6 +64,8 @@ class BuildConfig:
             problems.append(f"min_confidence={self.min_confidence} must lie in [0, 1]")
         if not 0.0 <= self.eval_fraction < 1.0:
             problems.append(f"eval_fraction={self.eval_fraction} must lie in [0, 1)")
+        if self.min_eval_prompts < 0:
+            problems.append(f"min_eval_prompts={self.min_eval_prompts} must be >= 0")
         if self.reward_prior_sd is not None and self.reward_prior_sd <= 0:
             problems.append(f"reward_prior_sd={self.reward_prior_sd} must be > 0 (or unset to take it from the fit)")
         if self.max_pairs_per_prompt < 1:

@@ -78,7 +78,7 @@ def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
     if not rows:
         raise RatingloopError(f"build --format {fmt}: 0 {UNIT[fmt]} from {pool.n_interactions} rated interactions: "
                               f"{filters.explain()}. {HINT[fmt]}")
-    train, eval_ = split_rows(rows, cfg.eval_fraction, cfg.split_salt)
+    train, eval_ = split_rows(rows, cfg.eval_fraction, cfg.split_salt, cfg.min_eval_prompts)
     warnings = _warnings(fmt, train, eval_, cfg) + _stale(engine, signals)
     for w in warnings:
         log.warning("build %s: %s", fmt, w)

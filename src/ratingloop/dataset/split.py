@@ -41,10 +41,15 @@ def prompt_bucket(prompt_key: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_rows(rows: list[Row], eval_fraction: float, salt: str) -> tuple[list[Row], list[Row]]:
-    """(train, eval), each in a stable order (by row content hash) that mixes prompts."""
+def split_rows(rows: list[Row], eval_fraction: float, salt: str, min_eval_prompts: int = 0
+               ) -> tuple[list[Row], list[Row]]:
+    """(train, eval), each in a stable order (by row content hash) that mixes prompts. At least
+    `min_eval_prompts` prompts are held out (those of the lowest buckets) where that leaves two thirds."""
     buckets = {r.prompt_key: prompt_bucket(r.prompt_key, salt) for r in rows}
     held = {k for k, b in buckets.items() if b < eval_fraction}
+    at_least = min(min_eval_prompts, len(buckets) // 3)
+    if len(held) < at_least:
+        held = set(sorted(buckets, key=lambda k: buckets[k])[:at_least])
     if not held and eval_fraction > 0 and len(buckets) >= 2:
         held = {min(buckets, key=lambda k: buckets[k])}
     if held == set(buckets):

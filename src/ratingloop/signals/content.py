@@ -71,9 +71,11 @@ class ContentConfig:
     # the store cannot tell (too few interactions rated twice); the simulator's is 0.41-0.47
     min_reliability_pairs: int = 200  # interactions rated by 2+ (training) raters needed to estimate it instead
     dims: int = 128  # embeddings projected on their top principal components (no ratings used: fold-safe)
-    length_weight: float = 0.2  # the answer's standardised log word count, joined to the embedding with this
-    # weight before the projection: a sentence embedding barely sees length, which raters reward or punish
-    # more than anything else (bench/results.md, "A loop round"); 0 leaves it out
+    length_weight: float = 0.0  # the answer's standardised log word count, joined to the embedding with this
+    # weight before the projection (a sentence embedding barely sees length, which raters often reward or
+    # punish). Off by default: at 0.2, on the two bench/loop.py seeds measured both ways, it ranked answers
+    # better (Spearman with the hidden score 0.25 -> 0.58, 0.36 -> 0.56) but the round's uplift rose on one
+    # (+0.10 -> +1.33) and fell on the other (+1.36 -> +0.91) (bench/results.md, issue 9); 0.2 turns it on
     max_fit_rows: int = 50_000  # ratings per model beyond this are subsampled (BayesianRidge is O(n d^2))
     refit_without_flagged: bool = True  # after flagging, refit the content model without the flagged raters
     seed: int = 0  # for that subsample
