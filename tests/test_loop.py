@@ -63,8 +63,9 @@ def test_a_round_records_its_steps_and_a_second_once_has_nothing_to_do(engine: E
     assert round_.outcome == outcome["outcome"] in ("promoted", "rejected")
     assert [s.name for s in round_.steps] == ["train", "label", "eval", "gate"]
     assert all(s.attempts == 1 and s.duration_s is not None for s in round_.steps)
-    train, label, _eval, gate = round_.steps
+    train, label, eval_, gate = round_.steps
     assert train.status == "succeeded" and train.detail["metrics"]["steps"] == 3
+    assert "win_rate" in eval_.detail and "examples" not in eval_.detail  # no user text in durable step outputs
     assert label.status == "skipped" and "no reward model" in label.detail["reason"]
     assert gate.detail["outcome"] == round_.outcome
     # exactly one version for the round, and the gate's decision is what the registry says

@@ -248,6 +248,9 @@ def _eval_step(engine: Engine, version_id: str, spec: RoundSpec) -> dict[str, An
         log.error("round: evaluating %s crashed: %s", version_id, e)
         return {"status": "failed", "verdict": "reject", "reasons": [f"evaluation crashed: {type(e).__name__}: {e}"],
                 "error": f"{type(e).__name__}: {e}"}
+    # The examples (users' prompts and both versions' answers) stay in the evaluations row, which deleting a
+    # user purges; a step's output is also kept by DBOS in its own tables, which no purge reaches.
+    report.pop("examples", None)
     return report
 
 
