@@ -14,9 +14,9 @@ answers them greedily (--max-tokens) and the grader scores the answers. Uplift =
 minus the base model's, on the same prompts.
 
 Arms, each from the same simulated store of a seed:
-    default  the loop's round: signals -> build (BuildConfig defaults) -> train with the loop's settings for
-             the data size (ratingloop.train.config.loop_train_config); ratingloop.loop.train_from_store
-             once it exists. Its wall time is the round time.
+    default  the loop's round: signals -> build (the loop's LOOP_BUILD_DEFAULTS: at least 24 held-out prompts)
+             -> train with the loop's settings for the data size (ratingloop.train.config.loop_train_config).
+             Its wall time is the round time.
     today    the same stages with the method's METHOD_DEFAULTS as they were before this issue
              (kto lr 5e-5, one epoch of batches of 8): what `train --method kto` did
     oracle   the same method and settings on every rated answer, labelled by the hidden truth
@@ -99,7 +99,10 @@ def default_round(engine: Any, out: Path, base: Path, seed: int, overrides: dict
         record_signals = None
     if record_signals is not None:
         record_signals(engine)
-    built = build_dataset(engine, METHOD, out / "data", BuildConfig(**overrides.get("build", {})))
+    from ratingloop.loop import LOOP_BUILD_DEFAULTS
+
+    build = BuildConfig(**(LOOP_BUILD_DEFAULTS | overrides.get("build", {})))  # the loop's build, as it runs it
+    built = build_dataset(engine, METHOD, out / "data", build)
     cfg = loop_train_config(METHOD, built.n_train, seed=seed, **overrides.get("train", {}))
     result = train(engine, METHOD, out_dir=out / "model", data_dir=out / "data", base=base, cfg=cfg, progress=False)
     return {"model": result.out_dir, "rows": built.n_train, "steps": result.metrics["steps"],
