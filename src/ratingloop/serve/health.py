@@ -21,6 +21,8 @@ from typing import Any
 
 from sqlalchemy import Engine, make_url, text
 
+from ratingloop.store.db import driver_message
+
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
@@ -62,9 +64,7 @@ class Outage:
 
 
 def _reason(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    first = (str(orig).strip().splitlines() or [""])[0]
-    return f"{type(orig).__name__}: {first[:160]}"
+    return f"{type(getattr(exc, 'orig', None) or exc).__name__}: {driver_message(exc)[:160]}"
 
 
 class StoreHealth:

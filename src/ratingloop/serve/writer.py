@@ -25,8 +25,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from ratingloop.store import UnitResult, WriteUnit, write_units
-from ratingloop.store.db import unavailable
+from ratingloop.store import UnitResult, WriteUnit
+from ratingloop.store.writes import write_each
 
 log = logging.getLogger(__name__)
 
@@ -101,24 +101,10 @@ class GroupWriter:
                 return
 
     def _commit(self, group: list[tuple[WriteUnit, asyncio.Future[UnitResult]]]) -> None:
-        units = [unit for unit, _ in group]
-        try:
-            results: list[Any] = write_units(self._engine, units, user_key=self._user_key)
-        except Exception as e:
-            # The database is down: every request learns it (the app answers 503). Anything else is one
-            # unit the database refused, and it must not fail the others: each unit again on its own.
-            results = [e] * len(group) if unavailable(e) or len(group) == 1 else self._one_by_one(units)
+        # a unit the database refuses fails alone; a database that is down fails them all (the app answers 503)
+        results = write_each(self._engine, [unit for unit, _ in group], user_key=self._user_key)
         for (_, future), result in zip(group, results, strict=True):
             future.get_loop().call_soon_threadsafe(_settle, future, result)
-
-    def _one_by_one(self, units: list[WriteUnit]) -> list[Any]:
-        results: list[Any] = []
-        for unit in units:
-            try:
-                results += write_units(self._engine, [unit], user_key=self._user_key)
-            except Exception as e:
-                results.append(e)
-        return results
 
 
 def _settle(future: asyncio.Future[UnitResult], result: Any) -> None:

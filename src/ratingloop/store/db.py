@@ -154,3 +154,10 @@ def unavailable(exc: BaseException) -> bool:
     if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def driver_message(exc: BaseException) -> str:
+    """A database error's first line, from the driver, without the statement and parameters SQLAlchemy
+    appends (which may hold users' data): what a log line or an import report may show."""
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:200]

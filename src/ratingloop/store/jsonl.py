@@ -22,9 +22,9 @@ from sqlalchemy import Engine, select
 
 from ratingloop.errors import FieldError, StoreError
 from ratingloop.store import tables as t
-from ratingloop.store.db import unavailable
+from ratingloop.store.db import driver_message, unavailable
 from ratingloop.store.records import InteractionIn, Limits, clean_interaction, pydantic_errors
-from ratingloop.store.writes import UnitResult, WriteUnit, write_units
+from ratingloop.store.writes import WriteUnit, write_each
 
 CHUNK_LINES = 1000
 
@@ -104,15 +104,14 @@ def _parse_line(line: bytes, limits: Limits) -> tuple[WriteUnit | None, list[Fie
 def _write_chunk(engine: Engine, chunk: list[tuple[int, WriteUnit]], report: ImportReport, user_key: bytes) -> None:
     if not chunk:
         return
-    try:
-        results: list[UnitResult | None] = list(write_units(engine, [u for _, u in chunk], user_key=user_key))
-    except Exception as e:
-        if unavailable(e):
-            raise StoreError(f"the database stopped answering at line {chunk[0][0]}: {_first_line(e)}. Lines "
-                             "before it are stored; importing the file again adds only what is missing") from None
-        results = [_write_alone(engine, number, unit, report, user_key) for number, unit in chunk]
+    results = write_each(engine, [unit for _, unit in chunk], user_key=user_key)
     for (number, _), result in zip(chunk, results, strict=True):
-        if result is None:
+        if isinstance(result, Exception):
+            if unavailable(result):
+                raise StoreError(f"the database stopped answering at line {number}: {driver_message(result)}. "
+                                 "Lines before it are stored; importing the file again adds only what is missing")
+            report.bad.append((number, [FieldError("line", f"the database refused it ({type(result).__name__}: "
+                                                           f"{driver_message(result)})")]))
             continue
         if result.errors:
             if all(e.status == 410 for e in result.errors):
@@ -130,25 +129,6 @@ def _write_chunk(engine: Engine, chunk: list[tuple[int, WriteUnit]], report: Imp
                 report.ratings_new += 1
             else:
                 report.ratings_existing += 1
-
-
-def _write_alone(engine: Engine, number: int, unit: WriteUnit, report: ImportReport,
-                 user_key: bytes) -> UnitResult | None:
-    """One line in its own transaction, after its chunk failed: the database's refusal is that line's."""
-    try:
-        return write_units(engine, [unit], user_key=user_key)[0]
-    except Exception as e:
-        if unavailable(e):
-            raise StoreError(f"the database stopped answering at line {number}: {_first_line(e)}") from None
-        report.bad.append((number, [FieldError("line", f"the database refused it ({type(e).__name__}: "
-                                                       f"{_first_line(e)})")]))
-        return None
-
-
-def _first_line(e: Exception) -> str:
-    """A database error's message without the statement and parameters SQLAlchemy appends."""
-    orig = getattr(e, "orig", None) or e
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:200]
 
 
 # -- export -----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from ulid import ULID
 
 from ratingloop.errors import FieldError
 from ratingloop.store import tables as t
-from ratingloop.store.db import write_transaction
+from ratingloop.store.db import unavailable, write_transaction
 from ratingloop.store.records import CleanInteraction, CleanRating, canonical_hash
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,24 @@ def write_units(engine: Engine, units: Sequence[WriteUnit], *, user_key: bytes) 
     raise AssertionError("unreachable")
 
 
+def write_each(engine: Engine, units: Sequence[WriteUnit], *, user_key: bytes) -> list[UnitResult | Exception]:
+    """`write_units`, where a group the database refuses costs only the units it refuses: the group is written
+    again unit by unit, and a unit that still fails holds its exception in its place. A database that cannot
+    be used (`db.unavailable`) fails every unit of the group with its exception, without the retries."""
+    try:
+        return list(write_units(engine, units, user_key=user_key))
+    except Exception as e:
+        if unavailable(e) or len(units) == 1:
+            return [e] * len(units)
+    results: list[UnitResult | Exception] = []
+    for unit in units:
+        try:
+            results += write_units(engine, [unit], user_key=user_key)
+        except Exception as e:
+            results.append(e)
+    return results
+
+
 def apply_units(conn: Connection, units: Sequence[WriteUnit], *, user_key: bytes) -> list[UnitResult]:
     """Judge every unit against the database and the units before it, then insert the good ones."""
     now = datetime.now(timezone.utc)
@@ -110,6 +128,7 @@ class _Staged:
     interactions: dict[str, dict[str, Any]] = field(default_factory=dict)
     ratings: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # by (interaction, key)
     rating_ids: set[str] = field(default_factory=set)
+    per_rater: dict[tuple[str, str], int] = field(default_factory=dict)  # (interaction, rater) -> ratings staged
 
 
 @dataclass
@@ -264,13 +283,13 @@ def _judge_rating(r: CleanRating, unit: WriteUnit, view: _Snapshot, staged: _Sta
                 409)
             return None
         return seen, 200
-    stored = view.per_rater.get((r.interaction_id, rater), 0)
-    stored += sum(1 for row in staged.ratings.values() if (row["interaction_id"], row["rater_id"]) == (
-        r.interaction_id, rater))
-    if unit.max_per_rater is not None and stored >= unit.max_per_rater:
-        bad("interaction_id", f"{stored} ratings of this interaction by its user already; the limit is "
-                              f"{unit.max_per_rater} (RATINGLOOP_MAX_RATINGS_PER_RATER_INTERACTION)", 429)
-        return None
+    pair = (r.interaction_id, rater)
+    if unit.max_per_rater is not None:
+        stored = view.per_rater.get(pair, 0) + staged.per_rater.get(pair, 0)
+        if stored >= unit.max_per_rater:
+            bad("interaction_id", f"{stored} ratings of this interaction by its user already; the limit is "
+                                  f"{unit.max_per_rater} (RATINGLOOP_MAX_RATINGS_PER_RATER_INTERACTION)", 429)
+            return None
     if r.id is not None and (r.id in view.rating_ids or r.id in staged.rating_ids):
         bad("id", f"rating id {r.id!r} already exists with another idempotency key", 409)
         return None
@@ -282,6 +301,7 @@ def _judge_rating(r: CleanRating, unit: WriteUnit, view: _Snapshot, staged: _Sta
     }
     staged.ratings[key] = row
     staged.rating_ids.add(rid)
+    staged.per_rater[pair] = staged.per_rater.get(pair, 0) + 1
     return row, 201
 
 
