@@ -3,8 +3,9 @@
 A report keeps, for each held-out prompt the judges voted on, the prompt's messages and both versions'
 answers (`examples`), for a person to read what the numbers summarise. When a user is deleted, the
 examples whose prompt is one of theirs go from the `evaluations` rows and from the loop's eval steps
-(`loop_steps.detail` holds the same report); the figures stay, being over many prompts, and
-`examples_removed` counts what went. Runs inside the deleting transaction (store.delete_user).
+(`loop_steps.detail` of rounds run before the loop stopped copying examples there); the figures stay,
+being over many prompts, and `examples_removed` counts what went. Runs inside the deleting transaction
+(store.delete_user).
 """
 
 from __future__ import annotations

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine
 
 from ratingloop import dataset, evaluate, signals
-from ratingloop.models.embed import forget_texts, prompt_text
+from ratingloop.models.embed import content_text, forget_texts, prompt_text
 from ratingloop.models.registry import taint_versions
 from ratingloop.store import Footprint, delete_user
 
@@ -51,9 +50,5 @@ def _embedded_texts(footprint: Footprint) -> set[str]:
     texts = set(footprint.texts)
     for messages in footprint.prompts:
         texts.add(prompt_text(messages))
-        texts.update(_content(m) for m in messages)
+        texts.update(content_text(m.get("content")) for m in messages)
     return texts | {dataset.scrub(t) for t in texts}
-
-
-def _content(message: Any) -> str:
-    return str(message.get("content") or "") if isinstance(message, dict) else str(message)

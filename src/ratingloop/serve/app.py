@@ -115,15 +115,15 @@ def parse_json(body: bytes, model: type[Body]) -> Body:
         raise InvalidInput(pydantic_errors(e)) from None
 
 
+SCHEMA_REF = "#/components/schemas/{model}"
+
+
 def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The request body of an endpoint that reads its own; the models it refers to are added to the
     document's components by `_with_body_models`."""
     schema = model.model_json_schema(ref_template=SCHEMA_REF)
     schema.pop("$defs", None)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-SCHEMA_REF = "#/components/schemas/{model}"
 
 
 def _with_body_models(app: FastAPI) -> None:
@@ -135,9 +135,9 @@ def _with_body_models(app: FastAPI) -> None:
             schema = generate()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for model in (InteractionIn, RatingIn, FeedbackBatch):
-                components.update(model.model_json_schema(ref_template=SCHEMA_REF).pop("$defs", {}))
-                components.setdefault(model.__name__, model.model_json_schema(ref_template=SCHEMA_REF))
-                components[model.__name__].pop("$defs", None)
+                model_schema = model.model_json_schema(ref_template=SCHEMA_REF)
+                components.update(model_schema.pop("$defs", {}))
+                components.setdefault(model.__name__, model_schema)
         return app.openapi_schema or generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -168,8 +168,9 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
         open_admin = False
     engine = open_engine(settings.url)
     limits = Limits(settings.aspects, settings.implicit_signals, settings.max_comment_chars)
-    signer = TokenSigner(settings.feedback_secret())
-    writer = GroupWriter(engine, user_key=settings.feedback_secret())
+    secret = settings.feedback_secret()  # signs tokens and keys tombstones; read once, not per request
+    signer = TokenSigner(secret)
+    writer = GroupWriter(engine, user_key=secret)
     rate = _Limits(settings)
     outage = Outage()
     health = StoreHealth(engine, outage, settings.min_free_disk_bytes)
@@ -204,12 +205,15 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
         return authenticate(authorization, body_token, admin_key=settings.admin_key, signer=signer,
                             open_admin=open_admin)
 
+    def charge_address(request: Request) -> None:
+        rate.address.take(request.client.host if request.client else "unknown")
+
     async def admit(request: Request, model: type[Body], *, admin_only: bool = False) -> tuple[Caller, Body]:
         """The caller and the request's body, in the order of the module's docstring."""
         header = request.headers.get("authorization")
         who = caller(header) if header is not None or open_admin else None
         if who is None or not who.admin:
-            rate.address.take(request.client.host if request.client else "unknown")
+            charge_address(request)
             if who is None and admin_only:
                 raise Unauthorized("Authorization: missing; send 'Bearer <admin key>'")
         if who is None:
@@ -296,7 +300,7 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
     async def stats(request: Request, authorization: str | None = Header(None)) -> Response:
         who = caller(authorization)
         if not who.admin:
-            rate.address.take(request.client.host if request.client else "unknown")
+            charge_address(request)
         who.require_admin()
         return json_response(await run_in_threadpool(store_stats, engine))
 
@@ -307,7 +311,7 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
         problem = text_problem(user_id, is_id=True)
         if problem:
             raise InvalidInput([FieldError("user_id", problem)])
-        gone = await run_in_threadpool(forget_user, engine, user_id, user_key=settings.feedback_secret(),
+        gone = await run_in_threadpool(forget_user, engine, user_id, user_key=secret,
                                        data_dir=settings.resolved_data_dir)
         return json_response({"user_id": user_id, "interactions_deleted": gone.interactions,
                               "ratings_deleted": gone.ratings})
