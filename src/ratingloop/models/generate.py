@@ -68,7 +68,7 @@ def generate(model_ref: Any, prompts: Sequence[Prompt], *, max_tokens: int = DEF
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: OOM shows early
     responses: list[str] = [""] * len(texts)
-    gen_kwargs = _generation_kwargs(model, tokenizer, max_tokens, temperature, top_p)
+    gen_kwargs = generation_kwargs(model, tokenizer, max_tokens, temperature, top_p)
     if temperature > 0:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -88,7 +88,7 @@ def generate(model_ref: Any, prompts: Sequence[Prompt], *, max_tokens: int = DEF
     return [{"id": p["id"], "response": r} for p, r in zip(prompts, responses, strict=True)]
 
 
-def _generation_kwargs(model: Any, tokenizer: Any, max_tokens: int, temperature: float,
+def generation_kwargs(model: Any, tokenizer: Any, max_tokens: int, temperature: float,
                        top_p: float) -> dict[str, Any]:
     """A fresh GenerationConfig, so a model's own sampling defaults never leak into greedy decoding."""
     from transformers import GenerationConfig

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -185,7 +186,9 @@ def load_for_generation(name_or_path: str | Path | ResolvedModel | None = None, 
         from peft import PeftModel
 
         try:
-            model = PeftModel.from_pretrained(model, resolved.path).merge_and_unload()
+            with warnings.catch_warnings():  # PEFT's merge still asks for a name transformers 5 deprecates
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                model = PeftModel.from_pretrained(model, resolved.path).merge_and_unload()
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"cannot apply the adapter {resolved.path} to {resolved.weights_path}: {e}") from e
     model.to(device)

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, cast
 
-from sqlalchemy import Connection, Engine, Table, insert, select, text, update
+from sqlalchemy import Connection, Engine, Table, func, insert, select, text, update
 
 from ratingloop.errors import RatingloopError
 from ratingloop.store import Footprint
@@ -209,7 +209,7 @@ def active_version(engine: Engine) -> VersionRow | None:
 class EventRow:
     id: str
     created_at: datetime
-    action: str  # promote | rollback | reject
+    action: str  # promote | rollback | reject | traffic
     version_id: str | None  # promote/rollback: what became active (None: the base); reject: the rejected one
     previous_id: str | None  # what was active before (promote, rollback)
     actor: str
@@ -284,6 +284,7 @@ def reject(engine: Engine, version_id: str, *, actor: str, reasons: list[str],
                                   "reject it")
         conn.execute(update(model_versions).where(model_versions.c.id == version_id).values(
             status="rejected", traffic_share=0.0))
+        _rebalance(conn)
         _event(conn, "reject", version_id, None, actor, "; ".join(reasons) or None, evaluation_id)
     log.info("rejected %s by %s: %s", version_id, actor, "; ".join(reasons))
 
@@ -304,6 +305,31 @@ def rollback_plan(engine: Engine) -> tuple[str | None, str | None]:
     """What `rollback` would do now, (from, to), changing nothing; the same errors as `rollback`."""
     with engine.connect() as conn:
         return _rollback_target(engine, conn)
+
+
+def set_traffic_share(engine: Engine, version_id: str, share: float, *, actor: str) -> None:
+    """Serve `version_id` to `share` of users (by a stable hash of their id; serve/routing.py) beside the
+    active version, which takes whatever the others leave; 0 ends the split. The version must be able to
+    serve and must not be active or rejected; the shares of the non-active versions add up to at most 1."""
+    if not 0.0 <= share <= 1.0:
+        raise RatingloopError(f"share {share}: must be between 0 and 1")
+    version = check_servable(engine, version_id)
+    with _registry_transaction(engine) as conn:
+        status = conn.execute(select(model_versions.c.status).where(model_versions.c.id == version_id)).scalar_one()
+        if status == "active":
+            raise RatingloopError(f"version {version_id} is active: it serves whatever share the others leave; "
+                                  "set the share of the version to try beside it instead")
+        if status == "rejected":
+            raise RatingloopError(f"version {version_id} was rejected; it gets no traffic")
+        others = conn.execute(select(func.coalesce(func.sum(model_versions.c.traffic_share), 0.0)).where(
+            model_versions.c.status != "active", model_versions.c.id != version_id)).scalar_one()
+        if others + share > 1.0 + 1e-9:
+            raise RatingloopError(f"share {share}: the other versions already take {others:.0%} of users; "
+                                  f"at most {1 - others:.0%} is left")
+        conn.execute(update(model_versions).where(model_versions.c.id == version.id).values(traffic_share=share))
+        _rebalance(conn)
+        _event(conn, "traffic", version_id, None, actor, f"traffic share {share:.0%}", None)
+    log.info("version %s serves %.0f%% of users (by %s)", version_id, share * 100, actor)
 
 
 def _rollback_target(engine: Engine, conn: Connection) -> tuple[str | None, str | None]:
@@ -337,8 +363,16 @@ def _switch(conn: Connection, old: str | None, new: str | None) -> None:
         conn.execute(update(model_versions).where(model_versions.c.id == old).values(
             status="retired", traffic_share=0.0))
     if new is not None:
-        conn.execute(update(model_versions).where(model_versions.c.id == new).values(
-            status="active", traffic_share=1.0))
+        conn.execute(update(model_versions).where(model_versions.c.id == new).values(status="active"))
+    _rebalance(conn)
+
+
+def _rebalance(conn: Connection) -> None:
+    """The active version's share is what the versions on a traffic split leave."""
+    others = conn.execute(select(func.coalesce(func.sum(model_versions.c.traffic_share), 0.0)).where(
+        model_versions.c.status != "active")).scalar_one()
+    conn.execute(update(model_versions).where(model_versions.c.status == "active").values(
+        traffic_share=max(0.0, 1.0 - others)))
 
 
 def _undoable_promotions(conn: Connection) -> list[EventRow]:
