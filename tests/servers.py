@@ -24,21 +24,23 @@ def free_port() -> int:
 
 @contextmanager
 def running_server_at(db_url: str, tmp_path: Path, env: dict[str, str] | None = None,
-                      access_log: bool = False) -> Iterator[str]:
+                      access_log: bool = False, backend: tuple[str, ...] = ("--backend", "none"),
+                      start_timeout_s: float = 30) -> Iterator[str]:
     """Serve `db_url` on a free port until the block ends; yields the base URL. The server's output goes to
-    tmp_path/server.log. `env` adds RATINGLOOP_* settings (rate limits, say)."""
+    tmp_path/server.log. `env` adds RATINGLOOP_* settings (rate limits, say); `backend` the serve options
+    that pick the backend, e.g. ("--backend", "transformers", "--model", str(folder))."""
     port = free_port()
     full_env = {**os.environ, "RATINGLOOP_ADMIN_KEY": ADMIN_KEY, "RATINGLOOP_DATA_DIR": str(tmp_path / "data"),
                 **(env or {})}
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ratingloop.cli", "serve", "--backend", "none", "--port", str(port),
+            [sys.executable, "-m", "ratingloop.cli", "serve", *backend, "--port", str(port),
              "--db", db_url, "--access-log" if access_log else "--no-access-log"],
             env=full_env, stdout=log, stderr=subprocess.STDOUT,
         )
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout_s
         while True:
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:

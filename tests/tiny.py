@@ -111,14 +111,14 @@ def save_varied_base(path: Path) -> Path:
     return path
 
 
-def save_random_adapter(base: Path, path: Path) -> Path:
+def save_random_adapter(base: Path, path: Path, seed: int = 1) -> Path:
     """A LoRA adapter of `base` with random B as well (init_lora_weights=False), so it visibly changes the
     base's answers."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
         r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False,
         task_type="CAUSAL_LM"))

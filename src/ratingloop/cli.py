@@ -16,6 +16,7 @@ from typing import IO, Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ratingloop.errors import RatingloopError
@@ -57,24 +58,48 @@ def _engine(db: str | None) -> Any:
 
 @app.command()
 def serve(
-    backend: Annotated[str, typer.Option(help="none: feedback API only, for products with their own LLM")] = "none",
+    backend: Annotated[str, typer.Option(help="transformers: answer here (CPU or GPU); proxy: forward chat to "
+                                              "--upstream; vllm: vLLM with one LoRA per version (GPU); "
+                                              "none: the feedback API only, for products with their own LLM")
+                       ] = "transformers",
+    model: Annotated[Optional[str], typer.Option(help="the base model when no version is active (a folder, "
+                                                      "'default'); with proxy, the upstream model for 'active'")
+                     ] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="proxy: the OpenAI-compatible server, e.g. "
+                                                         "http://127.0.0.1:8001/v1")] = None,
+    upstream_key: Annotated[Optional[str], typer.Option(help="proxy: its API key (or RATINGLOOP_SERVE_UPSTREAM_KEY)")
+                            ] = None,
+    public_chat: Annotated[bool, typer.Option(help="anyone may chat on the web page, under a pseudonymous "
+                                                   "user id in a signed cookie, with per-user limits")] = False,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-    workers: Annotated[int, typer.Option(help="server processes")] = 1,
+    workers: Annotated[int, typer.Option(help="server processes (each loads its own model)")] = 1,
     access_log: Annotated[bool, typer.Option(help="log one line per request")] = True,
     db: Db = None,
 ) -> None:
-    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    """Serve the HTTP API: OpenAI chat that logs every answer, feedback, the web page (docs at /docs)."""
     import uvicorn
 
     from ratingloop.serve.logs import uvicorn_log_config
 
-    if backend != "none":
-        raise RatingloopError(f"--backend {backend}: not built yet; this version serves --backend none "
-                              "(the feedback API for products that run their own LLM)")
+    backends = ("transformers", "proxy", "vllm", "none")
+    if backend not in backends:
+        raise RatingloopError(f"--backend {backend}: one of {', '.join(backends)}")
+    if backend == "proxy" and not upstream:
+        raise RatingloopError("--backend proxy needs --upstream URL (an OpenAI-compatible server's base URL)")
+    if backend == "vllm":
+        from ratingloop.serve.vllm import check_vllm
+
+        check_vllm()
     settings = _settings(db)
     if db:
         os.environ["RATINGLOOP_DATABASE_URL"] = db  # uvicorn's workers build their own app from the env
+    os.environ["RATINGLOOP_SERVE_BACKEND"] = backend
+    for name, value in (("MODEL", model), ("UPSTREAM", upstream), ("UPSTREAM_KEY", upstream_key)):
+        if value:
+            os.environ[f"RATINGLOOP_SERVE_{name}"] = value
+    if public_chat:
+        os.environ["RATINGLOOP_PUBLIC_CHAT"] = "1"
     if not settings.admin_key:
         if not _is_loopback(host):
             raise RatingloopError(f"--host {host}: set RATINGLOOP_ADMIN_KEY before serving beyond this machine")
@@ -88,7 +113,12 @@ def serve(
         err.print(f"[yellow]feedback tokens and tombstones are keyed with {settings.resolved_data_dir / 'secret'}: "
                   "every server of this shared database needs the same key - set RATINGLOOP_SECRET on all of "
                   "them, or tokens one server issued are refused by the others[/]")
-    err.print(f"ratingloop serving {settings.url.split('@')[-1]} on http://{host}:{port}  (docs: /docs)")
+    if backend == "transformers":
+        from ratingloop.models.versions import choose_model
+
+        choice = choose_model(engine, "active")
+        err.print(f"loading {model if model and choice.version_id is None else choice.label} ...", highlight=False)
+    err.print(f"ratingloop serving {settings.url.split('@')[-1]} on http://{host}:{port}  (chat: /, docs: /docs)")
     uvicorn.run("ratingloop.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 access_log=access_log, log_level="info", log_config=uvicorn_log_config())
 
@@ -514,6 +544,19 @@ def versions_rollback(
     out.print(f"rolled back: {new or 'the base'} serves (was {old or 'the base'})", highlight=False)
 
 
+@versions_app.command("share")
+def versions_share(
+    version: Annotated[str, typer.Argument(help="the version to try beside the active one")],
+    share: Annotated[float, typer.Argument(help="the share of users it answers, 0 to 1 (0 ends the split)")],
+    db: Db = None,
+) -> None:
+    """Serve a version to a share of users (a stable hash of their id picks who), beside the active one."""
+    from ratingloop.models.registry import set_traffic_share
+
+    set_traffic_share(_engine(db), version, share, actor=_actor())
+    out.print(f"{version} answers {share:.0%} of users; the active version the rest", highlight=False)
+
+
 @db_app.command("upgrade")
 def db_upgrade(db: Db = None) -> None:
     """Apply pending migrations (ratingloop also does this on first use)."""
@@ -650,7 +693,7 @@ def main() -> None:
     try:
         app()
     except RatingloopError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(1)
 
 

@@ -44,6 +44,18 @@ class Settings(BaseSettings):
                                              "without an Authorization header (a feedback token in the body)")
     min_free_disk_bytes: int = Field(default=64 * 1024 * 1024, ge=0, description="/healthz is 503 below this "
                                      "much free space beside a SQLite store")
+    # serving chat (serve/chat.py, serve/local.py, serve/page.py)
+    serve_max_tokens: int = Field(default=256, ge=1, description="max_tokens of a chat request that sets none")
+    serve_batch_window_ms: float = Field(default=25.0, ge=0, description="chat requests arriving within this "
+                                         "many ms of each other share one generate call")
+    serve_max_batch: int = Field(default=16, ge=1, description="rows (requests x n) in one generate call")
+    serve_max_loaded_models: int = Field(default=4, ge=1, description="versions kept loaded at once")
+    serve_registry_poll_s: float = Field(default=1.0, gt=0, description="how often a server looks for a "
+                                         "promotion, rollback or traffic change made by another process")
+    public_chat: bool = Field(default=False, description="anyone may chat on the web page, under a "
+                              "pseudonymous user id kept in a signed cookie")
+    public_chat_requests_per_min: float = Field(default=20.0, ge=0, description="chat requests per page user "
+                                                "(public chat; 0: no limit)")
 
     @field_validator("aspects", "implicit_signals", mode="before")
     @classmethod

@@ -63,4 +63,4 @@ class Forbidden(RatingloopError):
 
 # When one request has several problems, the status it answers with is the most telling one:
 # a malformed field outranks an unknown id, which outranks a conflict.
-_STATUS_PRIORITY = [409, 410, 429, 403, 404, 413, 415, 422]
+_STATUS_PRIORITY = [409, 410, 429, 403, 404, 413, 415, 422, 400]

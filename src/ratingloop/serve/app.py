@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, TypeVar
+from typing import Any, AsyncIterator, Callable, Mapping, TypeVar
 from urllib.parse import quote
 
 from fastapi import FastAPI, Header, Request
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
@@ -35,9 +36,10 @@ from starlette.responses import Response
 
 import ratingloop
 from ratingloop.config import Settings, load_settings
-from ratingloop.errors import FieldError, InvalidInput, Unauthorized
+from ratingloop.errors import FieldError, Forbidden, InvalidInput, Unauthorized
 from ratingloop.privacy import forget_user
 from ratingloop.serve.auth import Caller, LoopbackOnly, TokenSigner, authenticate
+from ratingloop.serve.chat import Backend, ChatRequest, as_400, chat_router
 from ratingloop.serve.errors import (
     BodyLimit,
     CatchAll,
@@ -48,6 +50,7 @@ from ratingloop.serve.errors import (
 )
 from ratingloop.serve.health import RETRY_AFTER_S, Outage, StoreHealth
 from ratingloop.serve.limits import Buckets, Rate
+from ratingloop.serve.page import PageSessions, page_router
 from ratingloop.serve.writer import GroupWriter
 from ratingloop.store import (
     InteractionIn,
@@ -158,10 +161,14 @@ class _Limits:
             self.token.take(who.token_interaction or "", n)
 
 
-def create_app(settings: Settings | None = None, *, open_admin: bool = False) -> FastAPI:
-    """The feedback API over the store at `settings.url`. `open_admin` lets callers without a key act
-    as admin; `ratingloop serve` allows it only on a loopback address when no admin key is set, and it
-    is ignored when one is."""
+BackendFactory = Callable[[Engine, Settings], Backend]
+
+
+def create_app(settings: Settings | None = None, *, open_admin: bool = False,
+               backend_factory: BackendFactory | None = None) -> FastAPI:
+    """The feedback API over the store at `settings.url`, and chat when a backend answers (serve/chat.py).
+    `open_admin` lets callers without a key act as admin; `ratingloop serve` allows it only on a loopback
+    address when no admin key is set, and it is ignored when one is."""
     settings = settings or load_settings()
     if open_admin and settings.admin_key:
         log.warning("RATINGLOOP_OPEN_ADMIN is ignored: an admin key is set, so admin endpoints need it")
@@ -172,18 +179,24 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
     signer = TokenSigner(secret)
     writer = GroupWriter(engine, user_key=secret)
     rate = _Limits(settings)
+    backend = backend_factory(engine, settings) if backend_factory is not None else None
     outage = Outage()
     health = StoreHealth(engine, outage, settings.min_free_disk_bytes)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         writer.start()
+        if backend is not None:
+            await backend.start()
         yield
+        if backend is not None:
+            await backend.stop()
         writer.stop()
         health.close()
 
     app = FastAPI(title="ratingloop", version=ratingloop.__version__, lifespan=lifespan,
                   description="Log interactions and the ratings users give them.")
+    app.state.backend = backend
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     if open_admin:
         app.add_middleware(LoopbackOnly)
@@ -223,16 +236,19 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
                 return_413 = f"without an Authorization header a body may be at most {cap} bytes " \
                              f"(got {size or 'no Content-Length'}); send the feedback token as 'Bearer <token>'"
                 raise InvalidInput([FieldError("body", return_413, 413)])
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
-            raise InvalidInput([FieldError("Content-Type", f"{media or 'missing'}; send application/json", 415)])
-        raw = await request.body()
-        body = parse_json(raw, model) if len(raw) <= INLINE_PARSE_BYTES else \
-            await run_in_threadpool(parse_json, raw, model)
+        body = await read_json(request, model)
         if who is None:
             tokens = {item.feedback_token for item in getattr(body, "items", [body])} - {None}
             who = caller(None, tokens.pop() if len(tokens) == 1 else None)
         return who, body
+
+    async def read_json(request: Request, model: type[Body]) -> Body:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+            raise InvalidInput([FieldError("Content-Type", f"{media or 'missing'}; send application/json", 415)])
+        raw = await request.body()
+        return parse_json(raw, model) if len(raw) <= INLINE_PARSE_BYTES else \
+            await run_in_threadpool(parse_json, raw, model)
 
     def cap(who: Caller) -> int | None:
         return None if who.admin else settings.max_ratings_per_rater_interaction
@@ -316,6 +332,68 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
         return json_response({"user_id": user_id, "interactions_deleted": gone.interactions,
                               "ratings_deleted": gone.ratings})
 
+    def require_chat_models(request: Request) -> None:
+        """GET /v1/models: whoever may chat."""
+        if request.headers.get("authorization") is None and settings.public_chat:
+            return
+        require_admin(request)
+
+    def require_admin(request: Request) -> None:
+        """For routers of other serve modules: Unauthorized/Forbidden unless the caller holds the admin key."""
+        who = caller(request.headers.get("authorization"))
+        if not who.admin:
+            charge_address(request)
+        who.require_admin()
+
+    # --- routers of the other serve modules (each adds its own include line here) ---
+    from ratingloop.serve.dashboard import dashboard_router  # matplotlib loads on the first /v1/dashboard
+    app.include_router(dashboard_router(engine, require_admin))
+    sessions = PageSessions(secret)  # the web page's signed cookie; public chat reads its user from it
+    app.include_router(page_router(settings, engine, sessions, require_admin))
+
+    if backend is not None:
+        per_min = settings.public_chat_requests_per_min
+        chat_limit = Buckets(Rate(per_min / 60, max(1.0, per_min)), "chat requests per page user")
+
+        async def admit_chat(request: Request) -> tuple[str | None, ChatRequest]:
+            """The admin (the product's server, which names the user) or, with public chat, the page's
+            user, whose pseudonymous id the request's `user` becomes."""
+            header = request.headers.get("authorization")
+            page_user = None
+            if header is not None or open_admin:
+                who = caller(header)
+                if not who.admin:
+                    charge_address(request)
+                    raise Forbidden("chat needs the admin key: the product's server calls it; a feedback token "
+                                    "only rates its interaction")
+            else:
+                charge_address(request)
+                page_user = page_user_of(request)
+                if page_user is None:
+                    raise Unauthorized("Authorization: missing; chat needs 'Bearer <admin key>'"
+                                       + (" or the web page's session cookie" if settings.public_chat else ""))
+                chat_limit.take(page_user)
+            try:
+                return page_user, await read_json(request, ChatRequest)
+            except InvalidInput as e:
+                raise as_400(e) from None
+
+        async def log_interactions(items: list[InteractionIn]) -> None:
+            cleaned = []
+            for item in items:
+                inter, errors = clean_interaction(item, limits, lambda _h: new_id())
+                if inter is None:
+                    raise InvalidInput(errors)
+                cleaned.append(inter)
+            await write(WriteUnit(interactions=cleaned, live=True))
+
+        def page_user_of(request: Request) -> str | None:
+            return sessions.user_of(request) if settings.public_chat else None
+
+        app.include_router(chat_router(backend, admit=admit_chat, log_interactions=log_interactions,
+                                       sign=signer.sign, models_auth=require_chat_models))
+
+
     @app.get("/healthz", summary="Whether the store can take writes: 200, or 503 saying why not")
     async def healthz() -> Response:
         state = await health.check()
@@ -329,7 +407,31 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False) ->
 
 
 def app_from_env() -> FastAPI:
-    """The factory `ratingloop serve` hands to uvicorn (each worker builds its own app)."""
+    """The factory `ratingloop serve` hands to uvicorn (each worker builds its own app); the CLI passes
+    its options in RATINGLOOP_SERVE_* variables."""
     import os
 
-    return create_app(load_settings(), open_admin=os.environ.get("RATINGLOOP_OPEN_ADMIN") == "1")
+    return create_app(load_settings(), open_admin=os.environ.get("RATINGLOOP_OPEN_ADMIN") == "1",
+                      backend_factory=backend_from_env(os.environ))
+
+
+def backend_from_env(env: Mapping[str, str]) -> BackendFactory | None:
+    """The backend `serve --backend` named: none, transformers, proxy or vllm."""
+    kind = env.get("RATINGLOOP_SERVE_BACKEND", "none")
+    model = env.get("RATINGLOOP_SERVE_MODEL") or None
+    if kind == "none":
+        return None
+    if kind == "transformers":
+        from ratingloop.serve.local import LocalBackend
+
+        return lambda engine, settings: LocalBackend(engine, settings, base=model)
+    if kind == "proxy":
+        from ratingloop.serve.proxy import ProxyBackend
+
+        url, key = env.get("RATINGLOOP_SERVE_UPSTREAM", ""), env.get("RATINGLOOP_SERVE_UPSTREAM_KEY") or None
+        return lambda engine, settings: ProxyBackend(url, key=key, model=model)
+    if kind == "vllm":
+        from ratingloop.serve.vllm import VllmBackend
+
+        return lambda engine, settings: VllmBackend(engine, settings, base=model)
+    raise ValueError(f"--backend {kind}: one of transformers, proxy, vllm, none")

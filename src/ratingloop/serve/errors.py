@@ -32,14 +32,16 @@ _TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_
 
 
 def error_response(status: int, errors: list[FieldError] | None = None, message: str | None = None,
-                   param: str | None = None, headers: dict[str, str] | None = None) -> Response:
+                   param: str | None = None, headers: dict[str, str] | None = None,
+                   code: str | None = None, error_type: str | None = None) -> Response:
     errors = errors or []
     if not errors and param and message:
         errors = [FieldError(param, message.split(": ", 1)[1] if message.startswith(param + ": ") else message)]
     message = message or "; ".join(str(e) for e in errors) or _CODES.get(status, "error")
     body = {
-        "error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
-                  "param": param or (errors[0].field if errors else None), "code": _CODES.get(status, str(status))},
+        "error": {"message": message, "type": error_type or _TYPES.get(status, "invalid_request_error"),
+                  "param": param or (errors[0].field if errors else None),
+                  "code": code or _CODES.get(status, str(status))},
         "errors": [{"field": e.field, "reason": e.reason} for e in errors],
     }
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
@@ -68,9 +70,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _ours(_request: Request, exc: RatingloopError) -> Response:
         message = str(exc)
         field, _, _ = message.partition(":")
-        param = field if " " not in field and field != message else None
+        param = getattr(exc, "param", None) or (field if " " not in field and field != message else None)
         retry = getattr(exc, "retry_after", None)
-        return error_response(exc.status, message=message, param=param,
+        return error_response(exc.status, message=message, param=param, code=getattr(exc, "code", None),
+                              error_type=getattr(exc, "error_type", None),
                               headers={"Retry-After": str(retry)} if retry else None)
 
     @app.exception_handler(HTTPException)

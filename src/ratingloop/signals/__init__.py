@@ -18,12 +18,14 @@ runs.py          record_signals(engine) fits once and stores the run; load_signa
 Importing this package loads numpy, scipy and the store's tables only, never torch (the content prior
 loads scikit-learn and the sentence encoder when it runs). Other stages import from here:
 `record_signals`, `load_signals`, `StoredSignals`, `SignalsConfig`, `InteractionSignal`, `RaterSignal`, and
-`RawRatings` (the arrays the rater model reads; the simulator writes them).
+`RawRatings` (the arrays the rater model reads; the simulator writes them), and `rewards` with `KIND_CODE`
+and `RATING_KINDS` (any rating on [-1, 1], as the dashboard plots them).
 """
 
+from ratingloop.signals.normalise import KIND_CODE, RATING_KINDS, rewards
 from ratingloop.signals.observations import RawRatings
 from ratingloop.signals.report import InteractionSignal, RaterSignal, SignalsConfig
 from ratingloop.signals.runs import StoredSignals, load_signals, purge_user, ratings_since, record_signals
 
-__all__ = ["InteractionSignal", "RaterSignal", "RawRatings", "SignalsConfig", "StoredSignals", "load_signals",
-           "purge_user", "ratings_since", "record_signals"]
+__all__ = ["KIND_CODE", "RATING_KINDS", "InteractionSignal", "RaterSignal", "RawRatings", "SignalsConfig",
+           "StoredSignals", "load_signals", "purge_user", "ratings_since", "record_signals", "rewards"]
