@@ -255,8 +255,9 @@ def process_tree_cpu(pid: int) -> float:
 
 
 class Server:
-    def __init__(self, url: str, workdir: Path, workers: int, port: int):
-        self.url, self.workdir, self.workers, self.port = url, workdir, workers, port
+    def __init__(self, url: str, workdir: Path, workers: int, port: int,
+                 backend: tuple[str, ...] = ("--backend", "none")):
+        self.url, self.workdir, self.workers, self.port, self.backend = url, workdir, workers, port, backend
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / f"server-{port}.log"
 
@@ -265,7 +266,7 @@ class Server:
                "RATINGLOOP_DATA_DIR": str(self.workdir), "RATINGLOOP_MAX_BATCH_ITEMS": "10000"}
         env.pop("RATINGLOOP_DATABASE_URL", None)
         exe = Path(sys.executable).with_name("ratingloop")
-        cmd = [str(exe) if exe.exists() else "ratingloop", "serve", "--backend", "none", "--host", HOST,
+        cmd = [str(exe) if exe.exists() else "ratingloop", "serve", *self.backend, "--host", HOST,
                "--port", str(self.port), "--workers", str(self.workers), "--no-access-log", "--db", self.url]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
