@@ -1,4 +1,4 @@
-"""Schemathesis against the feedback API's own /openapi.json, on both databases.
+"""Schemathesis against the API's own /openapi.json (feedback, and chat on a tiny model), on both databases.
 
 Every operation the schema lists gets schema-driven requests: valid-but-hostile bodies (positive mode:
 huge numbers, odd unicode, NUL characters, empty and long strings, odd dates, unknown fields) and bodies
@@ -46,8 +46,9 @@ from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from ratingloop.config import Settings
-from ratingloop.serve.app import create_app
+from ratingloop.serve.app import backend_from_env, create_app
 from ratingloop.serve.auth import TokenSigner
+from tiny import save_varied_base
 
 ADMIN_KEY = "test-admin-key"  # tests/conftest.py's
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
@@ -157,7 +158,8 @@ def auth(request: pytest.FixtureRequest) -> str:
 # A fixed secret (the same tokens on every run); rate limits off (one test client sends thousands of requests,
 # and a 429 would stand in for the answer under test); no free-disk floor for /healthz (a full /tmp is not a bug).
 FUZZ_SETTINGS = {"secret": "fuzz-secret", "token_ratings_per_s": 0, "address_requests_per_s": 0,
-                 "admin_ratings_per_s": 0, "min_free_disk_bytes": 0}
+                 "admin_ratings_per_s": 0, "min_free_disk_bytes": 0, "public_chat_requests_per_min": 0,
+                 "serve_max_tokens": 16}
 
 
 @pytest.fixture
@@ -204,8 +206,14 @@ def bind(dictionary: str, probability: float, *paths: str) -> dict[str, dict[str
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chat endpoint answers with a tiny random model (tests/tiny.py)."""
+    return save_varied_base(tmp_path_factory.mktemp("base"))
+
+
 @pytest.fixture
-def api_schema(fuzz_settings: Settings, auth: str, server_log: ServerLog) -> Any:
+def api_schema(fuzz_settings: Settings, auth: str, server_log: ServerLog, tiny_base: Path) -> Any:
     signer = TokenSigner(fuzz_settings.feedback_secret())
     ids = [body["id"] for body in SEEDED]
     # Known values mixed into what schemathesis generates (each with a probability): seeded ids, their tokens
@@ -239,7 +247,8 @@ def api_schema(fuzz_settings: Settings, auth: str, server_log: ServerLog) -> Any
         },
         **({"headers": {"Authorization": f"Bearer {ADMIN_KEY}"}} if auth == "admin" else {}),
     })
-    app = create_app(fuzz_settings)
+    app = create_app(fuzz_settings, backend_factory=backend_from_env({
+        "RATINGLOOP_SERVE_BACKEND": "transformers", "RATINGLOOP_SERVE_MODEL": str(tiny_base)}))
     # Loading the schema over ASGI starts the app's lifespan (its writer), once, as uvicorn would; it runs
     # until schemathesis' pytest plugin stops it at teardown. The seeding goes through the running app.
     loaded = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)

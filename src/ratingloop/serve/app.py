@@ -137,7 +137,7 @@ def _with_body_models(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = generate()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (InteractionIn, RatingIn, FeedbackBatch):
+            for model in (InteractionIn, RatingIn, FeedbackBatch, ChatRequest):
                 model_schema = model.model_json_schema(ref_template=SCHEMA_REF)
                 components.update(model_schema.pop("$defs", {}))
                 components.setdefault(model.__name__, model_schema)
@@ -391,7 +391,8 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False,
             return sessions.user_of(request) if settings.public_chat else None
 
         app.include_router(chat_router(backend, admit=admit_chat, log_interactions=log_interactions,
-                                       sign=signer.sign, models_auth=require_chat_models))
+                                       sign=signer.sign, models_auth=require_chat_models,
+                                       openapi_body=json_body_schema(ChatRequest)))
 
 
     @app.get("/healthz", summary="Whether the store can take writes: 200, or 503 saying why not")

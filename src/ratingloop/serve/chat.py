@@ -115,6 +115,10 @@ def check_request(req: ChatRequest) -> list[dict[str, str]]:
         if text is None:
             errors.append(FieldError(f"messages[{i}].content", "must be a string or a list of text parts", 400))
             continue
+        problem = text_problem(text)
+        if problem:
+            errors.append(FieldError(f"messages[{i}].content", problem, 400))
+            continue
         messages.append({"role": "system" if m.role == "developer" else m.role, "content": text})
     if messages and messages[-1]["role"] == "assistant":
         errors.append(FieldError(f"messages[{len(messages) - 1}].role", "the last message must not be the "
@@ -187,12 +191,13 @@ Log = Callable[[list[InteractionIn]], Awaitable[None]]
 
 
 def chat_router(backend: Backend, *, admit: Admit, log_interactions: Log, sign: Callable[[str], str],
-                models_auth: Callable[[Request], None]) -> APIRouter:
+                models_auth: Callable[[Request], None], openapi_body: dict[str, Any] | None = None) -> APIRouter:
     """The two endpoints. `admit(request)` authenticates and parses (raising 401/403/400/429), answering
     the user to force (a page user) or None; `log_interactions` stores finished answers."""
     router = APIRouter()
 
-    @router.post("/v1/chat/completions", summary="OpenAI chat completions; every answer is logged and rateable")
+    @router.post("/v1/chat/completions", summary="OpenAI chat completions; every answer is logged and rateable",
+                 openapi_extra=openapi_body)
     async def completions(request: Request) -> Response:
         started = time.monotonic()
         forced_user, req = await admit(request)

@@ -263,7 +263,8 @@ class _Rows:
 
     def _take(self, job: Job, row: Row, token: int) -> None:
         row.ids.append(token)
-        text = self._tokenizer.decode(row.ids, skip_special_tokens=True).lstrip()
+        # NUL is no text a store keeps (PostgreSQL refuses it); a byte-level model can still emit one
+        text = self._tokenizer.decode(row.ids, skip_special_tokens=True).lstrip().replace("\x00", "\ufffd")
         row.text = text
         for stop in row.stop:
             at = text.find(stop)
