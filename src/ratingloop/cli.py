@@ -544,6 +544,20 @@ def versions_rollback(
     out.print(f"rolled back: {new or 'the base'} serves (was {old or 'the base'})", highlight=False)
 
 
+@versions_app.command("live")
+def versions_live(db: Db = None, json_: Json = False) -> None:
+    """How users rate the active version against the one its promotion replaced (what the loop rolls back on)."""
+    from ratingloop.evaluate import live_check
+
+    check = live_check(_engine(db))
+    if json_:
+        out.print_json(json.dumps(check.as_dict() if check else None))
+    else:
+        out.print(check.reason + ("; the loop rolls back before its next round" if check.rollback else "")
+                  if check else "no promotion to compare against: the base serves, or the last one was undone",
+                  highlight=False)
+
+
 @versions_app.command("share")
 def versions_share(
     version: Annotated[str, typer.Argument(help="the version to try beside the active one")],

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from sqlalchemy import Engine
 
@@ -44,6 +44,9 @@ from ratingloop.train import (
     main_process_first,
     train,
 )
+
+if TYPE_CHECKING:
+    from ratingloop.evaluate import LiveCheck
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -295,6 +298,7 @@ def run_loop(engine: Engine, spec: RoundSpec, *, user_key: bytes, once: bool, mi
     outcomes: list[dict[str, Any]] = []
     round_fn = partial(run_round, engine, user_key=user_key)  # bound here: DBOS records only (round id, spec)
     with runner_lock(engine, wait=wait_for_lock), Durable(engine, round_fn) as durable:
+        watch_live(engine, say)
         pending = set(durable.pending())
         for unfinished in unfinished_rounds(engine):
             say(f"resuming round {unfinished.id}, left unfinished by a stopped loop")
@@ -311,9 +315,23 @@ def run_loop(engine: Engine, spec: RoundSpec, *, user_key: bytes, once: bool, mi
             return [durable.run(start_round(engine, trigger="once", spec=spec.as_dict()), spec.as_dict())]
         while max_rounds is None or len(outcomes) < max_rounds:
             trigger = _wait_for_trigger(engine, min_new_ratings, every_s, poll_s)
+            watch_live(engine, say)
             say(f"starting a round: {trigger}")
             outcomes.append(durable.run(start_round(engine, trigger=trigger, spec=spec.as_dict()), spec.as_dict()))
     return outcomes
+
+
+def watch_live(engine: Engine, say: Callable[[str], None] = log.info) -> LiveCheck | None:
+    """Before a round: when users rate the active version worse than the one it replaced (evaluate's live
+    check), roll back to that one, recorded with the numbers. Returns the check (None: nothing to undo)."""
+    from ratingloop.evaluate import live_check
+    from ratingloop.models.registry import rollback
+
+    check = live_check(engine)
+    if check is not None and check.rollback:
+        rollback(engine, actor="live-check", reason=check.reason)
+        say(f"rolled back: {check.reason}")
+    return check
 
 
 def _quiet_libraries() -> None:
