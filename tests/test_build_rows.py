@@ -169,3 +169,19 @@ def test_judge_only_answers_count_less_and_never_train_a_reward_model(sqlite_url
     assert text not in answers(rows_of(tmp_path / "none")) and removed(result)["judge_only"] == 1
     with pytest.raises(Exception, match="judge_weight=2"):
         BuildConfig(judge_weight=2).validate()
+
+
+def test_kto_fills_a_missing_class_from_its_side_of_neutral(sqlite_url: str, tmp_path: Path) -> None:
+    good = [line(f"g{i}", f"Question {i}?", f"A clear, complete answer number {i}.", 5) for i in range(10)]
+    doubted = [line(f"d{i}", f"Question {i}?", f"Not sure {i}.", thumbs=-1, user=f"asker{i}") for i in range(3)]
+    engine = store_with(sqlite_url, good + doubted)
+    strict = build_dataset(engine, "kto", tmp_path / "strict", BuildConfig(kto_min_class=0, eval_fraction=0))
+    strict_labels = {r["completion"][0]["content"]: r["label"] for r in rows_of(tmp_path / "strict")}
+    assert set(strict_labels.values()) == {True} and removed(strict)["uncertain_label"] == 3  # one-sided: no KTO
+
+    result = build_dataset(engine, "kto", tmp_path / "kto", BuildConfig(eval_fraction=0))
+    labels = {r["completion"][0]["content"]: r["label"] for r in rows_of(tmp_path / "kto")}
+    assert [labels[f"Not sure {i}."] for i in range(3)] == [False] * 3
+    assert sum(labels.values()) == 10 and removed(result)["uncertain_label"] == 0
+    assert "kto_min_class=8" in " ".join(f["why"] for f in result.manifest["filters"])
+    assert result.manifest["kto"]["n_undesirable"] == 3

@@ -27,6 +27,8 @@ class BuildConfig:
     # --- per format -------------------------------------------------------------------------------
     sft_min_reward: float = 0.3  # sft keeps answers with reward - z*sd >= this ("confidently good")
     kto_neutral: float = 0.0  # kto: desirable if reward - z*sd > this, undesirable if reward + z*sd < this
+    kto_min_class: int = 8  # kto: a class short of this, beside one that is not, is filled with the unsure answers
+    # of its side of kto_neutral closest to clearing z (KTO needs both classes; 0 turns this off)
     pair_z: float = 1.645  # dpo: gap > pair_z * sqrt(sd1^2 + sd2^2), i.e. ~95% sure of the order
     pair_min_gap: float = 0.1  # dpo: and at least this gap in reward units, however sure the fit is
     max_pairs_per_prompt: int = 16  # dpo: the best-supported pairs per prompt; keeps one prompt from dominating
@@ -52,7 +54,7 @@ class BuildConfig:
     def validate(self) -> None:
         """Raise ConfigError naming every bad key and its fix."""
         problems = []
-        for key in ("z", "pair_z", "pair_min_gap", "weighted_min_abs", "correction_weight"):
+        for key in ("z", "pair_z", "pair_min_gap", "weighted_min_abs", "correction_weight", "kto_min_class"):
             if getattr(self, key) < 0:
                 problems.append(f"{key}={getattr(self, key)} must be >= 0")
         for key in ("sft_min_reward", "kto_neutral"):

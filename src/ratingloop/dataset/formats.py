@@ -47,16 +47,34 @@ def sft_rows(pool: Pool, cfg: BuildConfig, log: FilterLog) -> list[Row]:
 
 
 def kto_rows(pool: Pool, cfg: BuildConfig, log: FilterLog) -> list[Row]:
-    rows, unsure = [], 0
+    desirable, undesirable, unsure = [], [], []
     for a in pool.answers:
         if a.reward - cfg.z * a.sd > cfg.kto_neutral:
-            rows.append(answer_row(a, label=True))
+            desirable.append(a)
         elif a.reward + cfg.z * a.sd < cfg.kto_neutral:
-            rows.append(answer_row(a, label=False))
+            undesirable.append(a)
         else:
-            unsure += 1
-    log.add("uncertain_label", unsure, f"answers' rewards are within {cfg.z} sd of kto_neutral={cfg.kto_neutral}: "
-                                       "neither clearly desirable nor undesirable")
+            unsure.append(a)
+    # KTO learns from both classes. When one is short while the other is not (sparse, single-rated feedback
+    # where few answers are confidently bad), the unsure answers of the short side that come closest to
+    # clearing z fill it up to kto_min_class: the side of neutral they fall on is still the best evidence.
+    filled = 0
+    for short, other, sign in ((undesirable, desirable, -1.0), (desirable, undesirable, 1.0)):
+        need = cfg.kto_min_class - len(short)
+        if need > 0 and len(other) >= cfg.kto_min_class:
+            side = [a for a in unsure if sign * (a.reward - cfg.kto_neutral) > 0]
+            side.sort(key=lambda a: -sign * (a.reward - cfg.kto_neutral) / max(a.sd, 1e-9))
+            short.extend(side[:need])
+            unsure = [a for a in unsure if a not in side[:need]]
+            filled += len(side[:need])
+    why = f"answers' rewards are within {cfg.z} sd of kto_neutral={cfg.kto_neutral}: neither clearly desirable nor " \
+          "undesirable"
+    if filled:
+        why += f" ({filled} more filled the short class up to kto_min_class={cfg.kto_min_class}, labelled by " \
+               "the side of neutral they fall on)"
+    log.add("uncertain_label", len(unsure), why)
+    label = {id(a): True for a in desirable} | {id(a): False for a in undesirable}
+    rows = [answer_row(a, label=label[id(a)]) for a in pool.answers if id(a) in label]  # the pool's order
     return rows + _corrections(pool, cfg, log, lambda c: correction_row(c, label=True))
 
 
