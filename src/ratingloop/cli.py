@@ -610,6 +610,44 @@ def users_delete(
 
 
 @app.command()
+def simulate(
+    users: Annotated[int, typer.Option(help="simulated users")] = 20,
+    turns: Annotated[int, typer.Option(help="questions each user asks")] = 3,
+    trolls: Annotated[float, typer.Option(help="share of users who troll (inverters, random, floods, a burst "
+                                               "of new accounts)")] = 0.0,
+    rate: Annotated[float, typer.Option(help="mean share of answers a user rates")] = 0.3,
+    url: Annotated[str, typer.Option(help="the running `ratingloop serve`")] = "http://127.0.0.1:8000",
+    key: Annotated[Optional[str], typer.Option(help="its admin key (default: RATINGLOOP_ADMIN_KEY)")] = None,
+    seed: Annotated[int, typer.Option(help="the same users, questions and ratings for the same seed")] = 0,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens of each chat request")] = 64,
+    json_: Json = False,
+) -> None:
+    """Simulated users chat with a running server and rate what they were served, as real clients do."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from ratingloop.simulate.http import simulate_http
+    from ratingloop.simulate.users import PopulationConfig
+
+    cfg = PopulationConfig(users=users, trolls=trolls, rate=rate, seed=seed)
+    cfg.check()
+    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task(f"{users} users chatting", total=users * turns)
+        report = simulate_http(url, key or os.environ.get("RATINGLOOP_ADMIN_KEY"), cfg, turns=turns,
+                               max_tokens=max_tokens, progress=lambda n: bar.advance(task, n))
+    if json_:
+        out.print_json(json.dumps(report.as_dict()))
+        return
+    table = Table("version", "answers", "hidden score (95% CI)", "ratings")
+    for version, v in report.versions.items():
+        table.add_row(version, str(v.answers), f"{v.hidden_mean:+.3f} [{v.ci_low:+.3f}, {v.ci_high:+.3f}]",
+                      str(v.ratings))
+    out.print(table)
+    out.print(f"{report.answers} answers, {report.ratings} ratings from {report.users} users "
+              f"({report.trolls} trolls)", highlight=False)
+
+
+@app.command()
 def demo(db: Db = None) -> None:
     """A walk-through of what ratingloop does today (on a fresh temporary store unless --db is given)."""
     from ratingloop.demo import run_demo

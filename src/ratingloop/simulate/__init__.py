@@ -4,8 +4,11 @@ noise and habits, and trolls (inverting, random, constant floods, topic-targeted
 Used by tests, `bench/signals.py`, `bench/content.py`, `bench/loop.py` and the demo. Only numpy; see
 `population.py` (the truth), `ratings.py` (the ratings drawn from it), `texts.py` (question and answer
 text that carries each interaction's quality, and the whole world as `ratingloop import` lines),
-`graders.py` (hidden preferences scored from an answer's text, named in a simulated interaction's tags)
-and `single.py` (the realistic single-rated regime: each answer rated once by its asker, or not at all).
+`graders.py` (hidden preferences scored from an answer's text, named in a simulated interaction's tags),
+`single.py` (the realistic single-rated regime: each answer rated once by its asker, or not at all),
+`bank.py` and `users.py` (the prompts and the users who chat with a served model: hidden preferences
+mixed per user, habits, trolls) and `http.py` (`ratingloop simulate`: those users over HTTP, which
+also needs httpx; import it from its module).
 """
 
 from ratingloop.simulate.graders import Grader, grader_for
