@@ -4,7 +4,6 @@ in a real headless Chromium (slow)."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
 
+from browser import CHROMIUM, playwright
 from ratingloop.config import Settings
 from ratingloop.models.registry import finish_run, record_evaluation, start_run
 from ratingloop.serve import dashboard_plots as plots
@@ -222,22 +222,10 @@ def test_hours_for_a_short_span_and_odd_names_stay_text(db_url: str) -> None:
 
 # -- the page in a real browser --------------------------------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _playwright() -> Any:
-    """Playwright's sync API on the system Chromium (never a downloaded browser); missing fails under CI."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:
-        problem = f"playwright is not installed: {e}"
-    else:
-        if os.path.exists(CHROMIUM):
-            return sync_playwright
-        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the browser test cannot run under CI: {problem}")
-    pytest.skip(problem)
+    return playwright()
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ itself in a real headless Chromium against a real server answering with a tiny m
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import struct
@@ -20,6 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, insert, select
 from starlette.responses import Response
 
+from browser import CHROMIUM, playwright
 from ratingloop.config import Settings
 from ratingloop.dataset.write import record_snapshot
 from ratingloop.models.registry import finish_run, list_events, promote, rollback, set_traffic_share, start_run
@@ -250,23 +250,11 @@ def test_the_script_parses_and_finds_its_elements() -> None:
 
 # -- the page in a real browser --------------------------------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
 WAIT_MS = 20_000  # for what the page shows after a request to the server
 
 
 def _playwright() -> Any:
-    """Playwright's sync API driving the system Chromium (never a downloaded one): missing fails under CI."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:
-        problem = f"playwright is not installed: {e}"
-    else:
-        if os.path.exists(CHROMIUM):
-            return sync_playwright
-        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the browser test cannot run under CI: {problem}")
-    pytest.skip(problem)
+    return playwright()
 
 
 @pytest.fixture(scope="module")

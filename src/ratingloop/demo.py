@@ -1,11 +1,20 @@
-"""`ratingloop demo` (and `make demo`): an honest walk-through of what ratingloop does today.
+"""`ratingloop demo` (and `make demo`): the whole loop on the offline default model, with simulated users.
 
-It starts a real `ratingloop serve --backend none` on a fresh SQLite store in a temporary folder,
-logs an interaction and rates it the way a product's server and an end user's browser would, shows
-how bad input is refused, imports the example file, prints the store's stats and the rater model,
-then runs one round of the loop on the default model - signals, build, KTO training, the evaluation
-against the base on held-out questions (a fast reward model beside it as a judge), and the gate's
-verdict - and shows the base's and the candidate's answers to held-out questions side by side.
+On a fresh SQLite store in a temporary folder:
+
+1. history: support-desk answers of 1-7 sentences, each asked and rated once (or never) by one of 40
+   simulated askers who want short, complete answers - some rate upside down (`ratingloop import`);
+2. a real `ratingloop serve` answers on the default model (SmolLM2-135M-Instruct, CPU);
+3. simulated users who want the same chat with it over the OpenAI API and rate what they were served
+   with each answer's token; a fifth of them troll (`ratingloop simulate`);
+4. rounds of the loop - signals -> build -> train (KTO) -> eval -> gate -> promote - each followed by
+   the same users asking the same questions again, served by whatever the server now serves (it
+   hot-swaps a promoted version without a restart);
+5. a report: ratingloop-demo/report.html (the hidden score per round and version, the live ratings
+   per version, the rater model's flags against the true trolls, what each round did and why), and a
+   summary here.
+
+Ctrl-C stops the server and removes the temporary store, at any point.
 """
 
 from __future__ import annotations
@@ -16,241 +25,238 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 ADMIN_KEY = "demo-admin-key"
+SECRET = "demo-secret"  # the server's and the loop's: tokens and tombstones keyed alike
 
 
-def find_examples() -> Path:
-    """examples/support-chat.jsonl from the working directory or the source checkout."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        path = root / "examples" / "support-chat.jsonl"
-        if path.exists():
-            return path
-    raise FileNotFoundError("examples/support-chat.jsonl not found; run the demo from the repository root")
+@dataclass(frozen=True)
+class DemoConfig:
+    history: int = 300  # answers already in the store, single-rated
+    invert_frac: float = 0.15  # of the history's askers
+    users: int = 12  # simulated users chatting over HTTP
+    turns: int = 3
+    trolls: float = 0.25
+    rate: float = 0.6
+    rounds: int = 2
+    max_tokens: int = 96
+    seed: int = 0
+    preferences: tuple[tuple[str, float], ...] = (("concise", 0.8), ("direct", 0.1), ("helpful", 0.1))
 
 
-def run_demo(out: Console, err: Console, db: str | None = None) -> None:
-    """The walk-through on `db`, or on a fresh SQLite store in a temporary folder."""
+def run_demo(out: Console, err: Console, db: str | None = None, cfg: DemoConfig = DemoConfig(),
+             report_dir: Path = Path("ratingloop-demo")) -> Path:
+    """The demo on `db`, or on a fresh SQLite store in a temporary folder; returns the report's path."""
+    from ratingloop.models import pull_default_model
+    from ratingloop.store import open_engine
+
+    started = time.monotonic()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with tempfile.TemporaryDirectory(prefix="ratingloop-demo-") as tmp:
         db = db or f"sqlite:///{tmp}/demo.db"
-        with _server(db, tmp, err) as base:
-            _walk_through(base, db, out)
-        _train_and_compare(db, Path(tmp), out, err)
+        engine = open_engine(db)
+        step = _Steps(out)
+        step("The offline default model, SmolLM2-135M-Instruct (converted once, then cached)")
+        model = pull_default_model(console=err).path
+        step(f"History: {cfg.history} support answers, each rated once or never by the user who asked "
+             f"({cfg.invert_frac:.0%} of them rate upside down)")
+        inverting = _history(engine, cfg)
+        with _Server(db, Path(tmp), model, err) as url:
+            step(f"ratingloop serve on the default model; {cfg.users} simulated users chat through the OpenAI "
+                 f"API and rate with each answer's token ({cfg.trolls:.0%} trolls)")
+            phases = [_chat(url, cfg, "before any round", err)]
+            _show_phase(out, phases[-1])
+            rounds = []
+            for n in range(1, cfg.rounds + 1):
+                step(f"Round {n} of the loop: signals -> build -> train KTO -> eval -> gate; the server "
+                     "serves what the gate promotes")
+                rounds.append(_round(engine, url, Path(tmp), n, out, err))
+                phases.append(_chat(url, cfg, f"after round {n}", err))
+                _show_phase(out, phases[-1])
+        data = _collect(engine, cfg, phases, rounds, inverting, started)
+    from ratingloop.demo_report import write_report
+
+    path = write_report(report_dir, data)
+    _summary(out, data, path)
+    return path
 
 
-class _server:
-    """A real `ratingloop serve` subprocess for the length of a `with` block."""
+def _history(engine: Any, cfg: DemoConfig) -> list[str]:
+    from ratingloop.simulate import AskerConfig, single_rated, support_answers
+    from ratingloop.store import Limits
+    from ratingloop.store.jsonl import import_lines
 
-    def __init__(self, db: str, data_dir: str, err: Console):
-        self.db, self.data_dir, self.err = db, data_dir, err
+    prompts, answers = support_answers(cfg.history, seed=cfg.seed)
+    world = single_rated(prompts, answers, AskerConfig(invert_frac=cfg.invert_frac, unrated_frac=0.3,
+                                                       grader="concise", seed=cfg.seed))
+    report = import_lines(engine, world.lines, Limits(), user_key=SECRET.encode())
+    assert not report.bad, report.bad
+    return [f"u{int(i):05d}" for i in np.flatnonzero(world.inverting)]
+
+
+def _chat(url: str, cfg: DemoConfig, label: str, err: Console) -> dict[str, Any]:
+    from ratingloop.simulate.bank import bank
+    from ratingloop.simulate.http import simulate_http
+    from ratingloop.simulate.users import PopulationConfig
+
+    population = PopulationConfig(users=cfg.users, trolls=cfg.trolls, rate=cfg.rate, seed=cfg.seed,
+                                  preferences=dict(cfg.preferences))
+    prompts = [p for p in bank(90, cfg.seed) if p.kind == "support"]  # what the history's askers asked about
+    with Progress(f"{label}: users chatting", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("chat", total=cfg.users * cfg.turns)
+        report = simulate_http(url, ADMIN_KEY, population, turns=cfg.turns, max_tokens=cfg.max_tokens,
+                               prompts=prompts, progress=lambda k: bar.advance(task, k))
+    return {"label": label, "versions": report.as_dict()["versions"], "trolls": report.troll_ids}
+
+
+def _round(engine: Any, url: str, tmp: Path, n: int, out: Console, err: Console) -> dict[str, Any]:
+    from ratingloop.loop import RoundSpec, run_loop
+    from ratingloop.rounds import list_rounds
+
+    spec = RoundSpec(method="kto", out_root=str(tmp / "loop"))
+    t0 = time.monotonic()
+    with err.status(f"round {n}: training on the default model, then both versions answer held-out questions ..."):
+        [outcome] = run_loop(engine, spec, user_key=SECRET.encode(), once=True,
+                             say=lambda line: err.print(line, highlight=False))
+    [row] = list_rounds(engine, limit=1)
+    evaluation = next((s.detail for s in row.steps if s.name == "eval"), {})
+    gate = next((s.detail for s in row.steps if s.name == "gate"), {})
+    result: dict[str, Any] = {"round": n, "outcome": outcome.get("outcome") or row.outcome or "failed",
+              "version_id": row.version_id, "reasons": gate.get("reasons") or ([row.error] if row.error else []),
+              "win_rate": evaluation.get("win_rate"), "ci_low": evaluation.get("ci_low"),
+              "ci_high": evaluation.get("ci_high"), "n_prompts": evaluation.get("n_prompts"),
+              "seconds": time.monotonic() - t0}
+    if result["outcome"] == "promoted" and row.version_id:
+        _wait_served(url, row.version_id)
+    verdict = "[green]promoted[/]" if result["outcome"] == "promoted" else f"[red]{result['outcome']}[/]"
+    out.print(f"round {n}: {verdict} {row.version_id or ''} in {result['seconds']:.0f} s"
+              + "".join(f"\n  - {r}" for r in result["reasons"]))
+    return result
+
+
+def _wait_served(url: str, version: str, timeout_s: float = 60) -> None:
+    """Until the running server answers `active` with `version` (it polls the registry every second)."""
+    deadline = time.monotonic() + timeout_s
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    while time.monotonic() < deadline:
+        models = httpx.get(f"{url}/v1/models", headers=headers, timeout=10).json()["data"]
+        if models[0]["ratingloop"]["version"] == version:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the server did not start serving {version} within {timeout_s:.0f} s")
+
+
+def _collect(engine: Any, cfg: DemoConfig, phases: list[dict[str, Any]], rounds: list[dict[str, Any]],
+             inverting: list[str], started: float) -> Any:
+    from ratingloop.demo_report import DemoData
+    from ratingloop.evaluate.live import live_rewards
+    from ratingloop.signals import load_signals
+    from ratingloop.simulate.users import PopulationConfig, make_users
+
+    live = {}
+    for version in sorted({v for p in phases for v in p["versions"]}, key=lambda v: (v != "base", v)):
+        r = live_rewards(engine, version)
+        if len(r):
+            half = 1.96 * r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else 0.0
+            live[version] = {"n": len(r), "mean": float(r.mean()), "ci_low": float(r.mean() - half),
+                             "ci_high": float(r.mean() + half)}
+    users = make_users(PopulationConfig(users=cfg.users, trolls=cfg.trolls, rate=cfg.rate, seed=cfg.seed,
+                                        preferences=dict(cfg.preferences)))
+    flagged = load_signals(engine).flagged
+    groups: dict[str, list[str]] = {"honest history askers": [], "inverting askers": inverting}
+    rated = {r.rater_id for r in load_signals(engine).raters}
+    groups["honest history askers"] = sorted(r for r in rated if r.startswith("u") and r not in inverting)
+    for u in users:
+        groups.setdefault("honest chat users" if u.troll == "none" else f"chat {u.troll}", []).append(u.id)
+    flags = [{"group": g, "n": len([r for r in ids if r in rated]), "flagged": len(set(ids) & flagged)}
+             for g, ids in groups.items()]
+    setup = (f"{cfg.history} single-rated support answers in the store ({cfg.invert_frac:.0%} of askers invert); "
+             f"{cfg.users} simulated users ({cfg.trolls:.0%} trolls) asking {cfg.turns} questions per phase, who "
+             "want short, complete answers; the default model SmolLM2-135M-Instruct on CPU; the loop's defaults "
+             "(KTO).")
+    return DemoData(phases=phases, rounds=rounds, live=live, flags=flags,
+                    minutes=(time.monotonic() - started) / 60, setup=setup)
+
+
+def _show_phase(out: Console, phase: dict[str, Any]) -> None:
+    for version, v in phase["versions"].items():
+        out.print(f"{phase['label']}: {version} answered {v['answers']}, hidden score {v['hidden_mean']:+.3f} "
+                  f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}], {v['ratings']} ratings", highlight=False)
+
+
+def _summary(out: Console, data: Any, path: Path) -> None:
+    table = Table("phase", "version", "hidden score (95% CI)")
+    for p in data.phases:
+        for version, v in p["versions"].items():
+            table.add_row(p["label"], version, f"{v['hidden_mean']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]")
+    out.print()
+    out.print(table)
+    first, last = data.phases[0]["versions"], data.phases[-1]["versions"]
+    before = np.mean([v["hidden_mean"] for v in first.values()])
+    after = np.mean([v["hidden_mean"] for v in last.values()])
+    promoted = sum(r["outcome"] == "promoted" for r in data.rounds)
+    out.print(f"{len(data.rounds)} rounds, {promoted} promoted; the hidden score of what users got went from "
+              f"{before:+.3f} to {after:+.3f} in {data.minutes:.1f} minutes. Report: [bold]{path}[/]",
+              highlight=False)
+
+
+class _Server:
+    """A real `ratingloop serve` (transformers backend) subprocess for the length of a `with` block; stopped
+    on any way out, Ctrl-C included."""
+
+    def __init__(self, db: str, tmp: Path, model: Path, err: Console):
+        self.db, self.tmp, self.model, self.err = db, tmp, model, err
 
     def __enter__(self) -> str:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        env = {**os.environ, "RATINGLOOP_ADMIN_KEY": ADMIN_KEY, "RATINGLOOP_DATA_DIR": self.data_dir}
-        self.log = open(Path(self.data_dir) / "server.log", "wb")
+        env = {**os.environ, "RATINGLOOP_ADMIN_KEY": ADMIN_KEY, "RATINGLOOP_SECRET": SECRET,
+               "RATINGLOOP_DATA_DIR": str(self.tmp / "data"), "RATINGLOOP_TOKEN_RATINGS_PER_S": "0"}
+        self.log = open(self.tmp / "server.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ratingloop.cli", "serve", "--backend", "none", "--port", str(port),
-             "--db", self.db],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
+            [sys.executable, "-m", "ratingloop.cli", "serve", "--model", str(self.model), "--port", str(port),
+             "--db", self.db, "--no-access-log"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
-        with self.err.status("starting ratingloop serve --backend none ..."):
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        return base
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+        try:
+            with self.err.status("starting ratingloop serve (loading the model) ..."):
+                deadline = time.monotonic() + 180
+                while time.monotonic() < deadline and self.proc.poll() is None:
+                    try:
+                        if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                            return base
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.2)
+        except BaseException:
+            self.__exit__()
+            raise
         self.__exit__()
-        raise RuntimeError("the demo server did not start:\n" + (Path(self.data_dir) / "server.log").read_text())
+        raise RuntimeError("the demo server did not start:\n" + (self.tmp / "server.log").read_text()[-3000:])
 
     def __exit__(self, *_: Any) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=15)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
         self.log.close()
 
 
-def _walk_through(base: str, db: str, out: Console) -> None:
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    client = httpx.Client(base_url=base, timeout=10)
-    step = _Steps(out)
-
-    step("Your product's server logs an interaction its own LLM produced (admin key)")
-    r = client.post("/v1/interactions", headers=admin, json={
-        "messages": [{"role": "user", "content": "How do I reset my password?"}],
-        "response": "Click 'Forgot password' on the sign-in page and follow the emailed link.",
-        "user_id": "demo-user", "tags": {"area": "account"},
-    })
-    step.show(r)
-    iid, token = r.json()["id"], r.json()["feedback_token"]
-
-    step("The end user's browser rates it with the interaction's feedback token")
-    rating = {"interaction_id": iid, "kind": "thumbs", "value": "up", "idempotency_key": "demo-1"}
-    step.show(client.post("/v1/feedback", json=rating, headers={"Authorization": f"Bearer {token}"}))
-    step("A network retry of the same request is answered 200 and stored once")
-    step.show(client.post("/v1/feedback", json=rating, headers={"Authorization": f"Bearer {token}"}))
-    step("Bad input is refused with the field and the reason, and nothing is stored")
-    step.show(client.post("/v1/feedback", headers=admin, json={"interaction_id": iid, "kind": "stars", "value": 9}))
-    step("A token rates only its own interaction")
-    other = client.post("/v1/interactions", headers=admin, json={
-        "messages": [{"role": "user", "content": "hi"}], "response": "Hello!", "user_id": "someone-else"}).json()
-    step.show(client.post("/v1/feedback", json={"interaction_id": other["id"], "kind": "thumbs", "value": -1},
-                          headers={"Authorization": f"Bearer {token}"}))
-
-    examples = find_examples()
-    step(f"Bulk import of {examples.relative_to(examples.parents[1])} (ratingloop import)")
-    subprocess.run([sys.executable, "-m", "ratingloop.cli", "import", str(examples), "--db", db], check=True)
-
-    step("The store now holds (GET /v1/stats)")
-    stats = client.get("/v1/stats", headers=admin).json()
-    table = Table(show_header=False, box=None)
-    for key in ("interactions", "ratings", "raters", "rated_interactions"):
-        table.add_row(key, str(stats[key]))
-    for kind, n in stats["ratings_by_kind"].items():
-        table.add_row(f"  {kind}", str(n))
-    out.print(table)
-
-    step("The rater model: one debiased reward per interaction (ratingloop signals / raters)")
-    from ratingloop.signals import record_signals
-    from ratingloop.store import open_engine
-
-    result = record_signals(open_engine(db))  # recorded: the build and training below read this run
-    raters = Table("rater", "ratings", "bias", "scale", "reliability", "flagged")
-    for rater in sorted(result.raters, key=lambda x: -x.n)[:6]:
-        raters.add_row(rater.rater_id, str(rater.n), f"{rater.bias:+.2f}", f"{rater.scale:.2f}",
-                       f"{rater.reliability:.2f}", "; ".join(rater.reasons) if rater.flagged else "")
-    out.print(raters)
-    rewards = Table("interaction", "reward", "confidence", "ratings")
-    for s in sorted(result.interactions, key=lambda s: -s.confidence)[:4]:
-        rewards.add_row(s.interaction_id, f"{s.reward:+.2f}", f"{s.confidence:.2f}", str(s.n_ratings))
-    out.print(rewards)
-
-
-DEMO_STEPS = 8  # a taste, not a schedule: 8 KTO steps on ~40 answers, a minute or two on a laptop CPU
-DEMO_LR = 5e-4  # the kto default (5e-5) suits a full epoch over real data; a taste of 8 steps needs larger ones
-DEMO_SETTINGS = (f"train.max_steps={DEMO_STEPS}", f"train.learning_rate={DEMO_LR}", "train.logging_steps=1",
-                 "train.save_steps=0", "eval.max_prompts=16", "eval.max_tokens=64")
-SHOWN = 3  # held-out questions shown side by side
-
-
-def _train_and_compare(db: str, tmp: Path, out: Console, err: Console) -> None:
-    from ratingloop.config import Settings
-    from ratingloop.loop import RoundSpec, run_loop, train_from_store
-    from ratingloop.models import pull_default_model
-    from ratingloop.models.registry import get_version, latest_evaluation
-    from ratingloop.rounds import list_rounds
-    from ratingloop.store import open_engine
-    from ratingloop.train import TrainConfig
-
-    step = _Steps(out, start=9)
-    engine = open_engine(db)
-    step("The offline default model, SmolLM2-135M-Instruct (ratingloop model pull; converted once, then cached)")
-    base = pull_default_model(console=err).path
-    out.print(f"{base}")
-
-    step("A reward model on the debiased rewards, on frozen sentence embeddings - one of the gate's judges "
-         "(ratingloop train --method reward --set train.reward_backbone=embed)")
-    rm = train_from_store(engine, "reward", out_dir=tmp / "rm-1",
-                          cfg=TrainConfig.for_method("reward", reward_backbone="embed"), progress=False)
-    out.print(f"reward model {rm.version_id}: " + ", ".join(
-        f"{k} {v:.2f}" for k, v in rm.metrics.items() if k.startswith("eval_") and isinstance(v, float)))
-
-    step(f"One round of the loop: signals -> build -> train KTO ({DEMO_STEPS} steps) -> eval -> gate "
-         f"(ratingloop loop --once --method kto {' '.join('--set ' + x for x in DEMO_SETTINGS)})")
-    spec = RoundSpec(method="kto", overrides=DEMO_SETTINGS, out_root=str(tmp / "loop"))
-    with err.status("running the round (training, then both versions answer the held-out questions) ..."):
-        [outcome] = run_loop(engine, spec, user_key=Settings(data_dir=tmp).feedback_secret(), once=True,
-                             say=lambda line: err.print(line, highlight=False))
-    [round_] = list_rounds(engine, limit=1)
-    steps = Table("step", "status", "seconds", "what it did")
-    for s in round_.steps:
-        steps.add_row(s.name, s.status, f"{s.duration_s or 0:.0f}", _step_summary(s.name, s.detail))
-    out.print(steps)
-    if outcome["outcome"] == "failed":
-        out.print(f"[red]the round failed[/]: {outcome['error']}")
-        return
-
-    step("The gate's evidence (ratingloop eval --candidate V --json): held-out prompts, judges, guards, verdict")
-    version = get_version(engine, outcome["version_id"])
-    report = (latest_evaluation(engine, version.id) or {}).get("report") or {}
-    _show_report(report, out)
-    out.print(f"candidate {version.id} is now [bold]{version.status}[/]: the "
-              + ("base model keeps serving" if version.status != "active" else "version that serves"))
-
-    step("Held-out questions (never trained on): what the base and the candidate answered in the evaluation")
-    _side_by_side(report, out)
-    out.print(f"\n[bold]Honestly[/]: {DEMO_STEPS} steps on a few dozen rated answers change how a 135M model answers, "
-              "but seldom by enough that the judges can tell on a handful of held-out questions, so the gate usually "
-              "keeps the base serving - which is its job: a candidate serves only when the evidence says it is "
-              "better. `ratingloop loop` repeats this round as ratings arrive; `bench/results.md` shows what a "
-              "default round achieves on a few hundred ratings.")
-
-
-def _step_summary(name: str, detail: dict[str, Any]) -> str:
-    if name == "train" and detail.get("metrics"):
-        m = detail["metrics"]
-        return (f"candidate {detail.get('version_id')}: {m.get('train_rows')} rows, {m.get('steps')} steps, "
-                f"loss {m.get('first_loss') or 0:.3f} -> {m.get('last_loss') or 0:.3f}")
-    if name == "eval" and "win_rate" in detail:
-        return f"{detail.get('n_prompts')} held-out prompts, win rate {_pct(detail.get('win_rate'))}"
-    if name == "gate":
-        return f"{detail.get('outcome')}: " + "; ".join(detail.get("reasons") or [])
-    return str(detail.get("reason") or detail.get("error") or "")
-
-
-def _show_report(report: dict[str, Any], out: Console) -> None:
-    out.print(f"{report.get('n_prompts')} held-out prompts; win rate {_pct(report.get('win_rate'))} "
-              f"(95% CI {_pct(report.get('ci_low'))} - {_pct(report.get('ci_high'))}), length-controlled "
-              f"{_pct(report.get('lc_win_rate'))}; verdict [bold]{report.get('verdict')}[/]", highlight=False)
-    judges = Table("judge", "prompts / answers", "win rate", "95% CI")
-    for j in report.get("judges") or []:
-        judges.add_row(j["name"], str(j.get("n")), _pct(j.get("win_rate")),
-                       f"{_pct(j.get('ci_low'))} - {_pct(j.get('ci_high'))}")
-    out.print(judges)
-    guards = Table("guard", "value", "limit", "ok")
-    for name, g in (report.get("guards") or {}).items():
-        guards.add_row(name, f"{g['value']:.3f}", f"{g['limit']:.3f}", "yes" if g["ok"] else "[red]no[/]")
-    out.print(guards)
-    for reason in report.get("reasons") or []:
-        out.print(f"  - {reason}", highlight=False)
-
-
-def _side_by_side(report: dict[str, Any], out: Console) -> None:
-    table = Table("question", f"{report.get('against')} answer", "candidate answer", "judges: candidate",
-                  show_lines=True)
-    for ex in (report.get("examples") or [])[:SHOWN]:
-        verdict = "better" if ex["outcome"] > 0.5 else "worse" if ex["outcome"] < 0.5 else "tie"
-        table.add_row(ex["messages"][-1]["content"], _clip(ex["against"]), _clip(ex["candidate"]),
-                      f"{verdict} ({ex['outcome']:.2f})")
-    out.print(table)
-
-
-def _pct(x: Any) -> str:
-    return f"{x:.2f}" if isinstance(x, (int, float)) else "-"
-
-
-def _clip(text: str, n: int = 240) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 class _Steps:
-    def __init__(self, out: Console, start: int = 0):
-        self.out, self.n = out, start
+    def __init__(self, out: Console):
+        self.out, self.n = out, 0
 
     def __call__(self, title: str) -> None:
         self.n += 1
         self.out.print(f"\n[bold cyan]{self.n}. {title}[/]")
-
-    def show(self, r: httpx.Response) -> None:
-        self.out.print(f"{r.request.method} {r.request.url.path} -> [bold]{r.status_code}[/]")
-        self.out.print_json(r.text)

@@ -54,13 +54,14 @@ class SimulationError(RatingloopError):
 
 
 def simulate_http(url: str, key: str | None, cfg: PopulationConfig, *, turns: int = 3, max_tokens: int = 64,
-                  concurrency: int = 4, timeout_s: float = 300, progress: Callable[[int], None] | None = None
-                  ) -> SimReport:
-    """Run `cfg.users` users for `turns` turns each against the server at `url`; see the module docstring."""
+                  concurrency: int = 4, timeout_s: float = 300, progress: Callable[[int], None] | None = None,
+                  prompts: list[BankPrompt] | None = None) -> SimReport:
+    """Run `cfg.users` users for `turns` turns each against the server at `url`, asking `prompts` (default:
+    the bundled bank); see the module docstring."""
     if turns < 1:
         raise RatingloopError(f"--turns {turns}: at least 1")
     users = make_users(cfg)
-    prompts = bank(max(30, cfg.users * turns), cfg.seed)
+    prompts = prompts or bank(max(30, cfg.users * turns), cfg.seed)
     base = url.rstrip("/")
     served: list[tuple[str, float, int]] = []  # (version, hidden score, ratings given)
     lock = threading.Lock()

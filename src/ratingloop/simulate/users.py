@@ -33,6 +33,9 @@ class PopulationConfig:
     trolls: float = 0.0  # the share of users who troll
     rate: float = 0.3  # the mean share of answers a user rates
     seed: int = 0
+    # what the population wants: preference -> weight (bank.PREFERENCES); each user's weights scatter around
+    # it (a Dirichlet with this mean); None: every preference alike, each user their own mix
+    preferences: dict[str, float] | None = None
 
     def check(self) -> None:
         problems = []
@@ -42,6 +45,11 @@ class PopulationConfig:
             problems.append(f"--trolls {self.trolls}: a share in [0, 1)")
         if not 0 < self.rate <= 1:
             problems.append(f"--rate {self.rate}: a share in (0, 1]")
+        unknown = set(self.preferences or {}) - set(PREFERENCES)
+        if unknown:
+            problems.append(f"preferences {sorted(unknown)}: not among {', '.join(PREFERENCES)}")
+        if self.preferences is not None and not sum(self.preferences.values()) > 0:
+            problems.append("preferences: the weights must add up to more than 0")
         if problems:
             raise RatingloopError("; ".join(problems))
 
@@ -112,10 +120,15 @@ def make_users(cfg: PopulationConfig) -> list[SimUser]:
     cfg.check()
     rng = np.random.default_rng(cfg.seed)
     n_trolls = int(round(cfg.trolls * cfg.users))
+    if cfg.preferences is None:
+        alpha = np.ones(len(PREFERENCES))
+    else:  # concentrated around the population's mean: users agree on what matters, not exactly how much
+        total = sum(cfg.preferences.values())
+        alpha = 20 * np.array([cfg.preferences.get(k, 0) / total for k in PREFERENCES]) + 0.05
     users = []
     for i in range(cfg.users):
         troll = "none" if i < cfg.users - n_trolls else TROLLS[(i - (cfg.users - n_trolls)) % len(TROLLS)]
-        weights = dict(zip(PREFERENCES, rng.dirichlet(np.ones(len(PREFERENCES))), strict=True))
+        weights = dict(zip(PREFERENCES, rng.dirichlet(alpha), strict=True))
         own = rng.beta(2, 2 / cfg.rate - 2) if cfg.rate < 1 else 1.0  # around the population's rate
         rate = 1.0 if troll in ("flood", "coordinated") else float(np.clip(own, 0.02, 1))
         prefix = "sim-u" if troll == "none" else "sim-burst" if troll == "coordinated" else "sim-t"
