@@ -35,7 +35,10 @@ class EvalConfig:
     max_length_ratio: float = 3.0  # mean answer length (words) may grow at most this factor (verbosity gaming)
     min_length_ratio: float = 0.1  # ... and shrink to no less than this share (users may want much shorter)
     max_refusal_increase: float = 0.05  # share of empty or refusing answers may rise by at most this
-    max_kl: float = 0.5  # KL(candidate || against), nats per token of the candidate's answers
+    # KL(candidate || against), nats per token of the candidate's answers. Measured (bench/results.md, the demo):
+    # KTO candidates whose held-out win rate cleared 0.5 had 0.64 and 0.80 (learning to stop early moves the
+    # end-of-answer token a lot); a candidate trained on refusals had 2.32. 1.0 lets the first through.
+    max_kl: float = 1.0
     max_aspect_drop: float = 0.1  # an aspect's win rate may fall at most this far below 0.5
     min_aspect_answers: int = 5  # fewer held-out answers rated on an aspect: no guard for it
 
