@@ -224,13 +224,9 @@ def test_hours_for_a_short_span_and_odd_names_stay_text(db_url: str) -> None:
 
 
 
-def _playwright() -> Any:
-    return playwright()
-
-
 @pytest.mark.slow
 def test_the_page_asks_for_the_key_and_shows_every_plot(sqlite_url: str, tmp_path: Path) -> None:
-    sync_playwright = _playwright()
+    sync_playwright = playwright()
     from playwright.sync_api import expect
 
     engine = open_engine(sqlite_url)

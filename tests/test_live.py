@@ -32,8 +32,7 @@ def served(engine: Engine, model: str, n: int, p_up: float, seed: int) -> None:
                          "messages": [{"role": "user", "content": f"question {i}"}], "response": f"answer {i}",
                          "ratings": [{"rater_id": f"u{i}", "kind": "thumbs",
                                       "value": 1 if rng.random() < p_up else -1}]}).encode() for i in range(n)]
-    assert not import_lines(open_engine(engine.url.render_as_string(hide_password=False)), lines, Limits(),
-                            user_key=KEY).bad
+    assert not import_lines(engine, lines, Limits(), user_key=KEY).bad
 
 
 def promoted(engine: Engine, adapter: Path) -> str:

@@ -253,10 +253,6 @@ def test_the_script_parses_and_finds_its_elements() -> None:
 WAIT_MS = 20_000  # for what the page shows after a request to the server
 
 
-def _playwright() -> Any:
-    return playwright()
-
-
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny import save_varied_base
@@ -267,7 +263,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @contextmanager
 def page_on_server(db_url: str, tmp_path: Path, model: Path, env: dict[str, str] | None = None) -> Iterator[Any]:
     """A headless Chromium tab on the page of a real `ratingloop serve --backend transformers`."""
-    sync_playwright = _playwright()
+    sync_playwright = playwright()
     backend = ("--backend", "transformers", "--model", str(model))
     with running_server_at(db_url, tmp_path, backend=backend, env=env, start_timeout_s=120) as base, \
             sync_playwright() as p:

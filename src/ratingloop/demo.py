@@ -172,13 +172,13 @@ def _collect(engine: Any, cfg: DemoConfig, phases: list[dict[str, Any]], rounds:
                              "ci_high": float(r.mean() + half)}
     users = make_users(PopulationConfig(users=cfg.users, trolls=cfg.trolls, rate=cfg.rate, seed=cfg.seed,
                                         preferences=dict(cfg.preferences)))
-    flagged = load_signals(engine).flagged
-    groups: dict[str, list[str]] = {"honest history askers": [], "inverting askers": inverting}
-    rated = {r.rater_id for r in load_signals(engine).raters}
-    groups["honest history askers"] = sorted(r for r in rated if r.startswith("u") and r not in inverting)
+    run = load_signals(engine)  # the newest signals run: its raters and their flags
+    rated = {r.rater_id for r in run.raters}
+    groups = {"honest history askers": sorted(r for r in rated if r.startswith("u") and r not in inverting),
+              "inverting askers": inverting}
     for u in users:
         groups.setdefault("honest chat users" if u.troll == "none" else f"chat {u.troll}", []).append(u.id)
-    flags = [{"group": g, "n": len([r for r in ids if r in rated]), "flagged": len(set(ids) & flagged)}
+    flags = [{"group": g, "n": len([r for r in ids if r in rated]), "flagged": len(set(ids) & run.flagged)}
              for g, ids in groups.items()]
     setup = (f"{cfg.history} single-rated support answers in the store ({cfg.invert_frac:.0%} of askers invert); "
              f"{cfg.users} simulated users ({cfg.trolls:.0%} trolls) asking {cfg.turns} questions per phase, who "
