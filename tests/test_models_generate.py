@@ -14,6 +14,7 @@ from ratingloop.errors import InvalidInput, RatingloopError
 from ratingloop.models import (
     ModelLoadError,
     cli_generate,
+    cpu_has_fast_bf16,
     generate,
     load_for_generation,
     read_prompts,
@@ -60,8 +61,12 @@ def test_load_for_generation_eval_mode_left_padding(tiny_dir: Path) -> None:
 
     model, tok = load_for_generation(tiny_dir)
     assert not model.training
-    assert model.dtype == torch.bfloat16  # the measured CPU default
+    # the measured CPU default: bf16 where the CPU multiplies it natively, fp32 where torch would emulate it
+    has_bf16 = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert cpu_has_fast_bf16() == has_bf16
+    assert model.dtype == (torch.bfloat16 if has_bf16 else torch.float32)
     assert load_for_generation(tiny_dir, dtype="fp32")[0].dtype == torch.float32
+    assert load_for_generation(tiny_dir, dtype="bf16")[0].dtype == torch.bfloat16
     assert tok.padding_side == "left" and tok.pad_token is not None
 
 

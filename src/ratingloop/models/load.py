@@ -29,10 +29,17 @@ from ratingloop.models.pull import DEFAULT_MODEL_NAME, default_model_dir, is_pul
 
 ModelKind = Literal["default", "folder", "adapter", "hub"]
 
-# Measured in bench/generate.py (bench/results-models.md): on this AMX-bf16 CPU, bf16 weights gave
-# the higher batched greedy throughput in 3 of 4 paired runs (single prompts were mixed; the machine
-# was shared, so figures are noisy). Pass dtype="fp32" for bit-stable batched == one-at-a-time output.
-CPU_DEFAULT_DTYPE = "bfloat16"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere torch emulates bf16.
+
+    Measured (bench/results-models.md, bench/results.md "Faster rounds"): on an AMX Xeon bf16 weights gave
+    1.4x fp32's batched greedy tokens/s; on an AVX2-only EPYC they gave 0.38x at a batch of 32.
+    """
+    import torch
+
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
 class ModelLoadError(RatingloopError):
@@ -127,7 +134,10 @@ def _resolve_adapter(path: Path, *, data_dir: Path | None, pull: bool, console: 
 
 
 def resolve_dtype(dtype: Any = "auto", device: str = "cpu") -> Any:
-    """A torch dtype: "auto" is bf16 on CPU (measured faster batched here) and CUDA (fp16 if unsupported)."""
+    """A torch dtype: "auto" is bf16 on CUDA (fp16 if unsupported) and on a CPU with native bf16, else fp32.
+
+    Pass dtype="fp32" for bit-stable batched == one-at-a-time output on any machine.
+    """
     import torch
 
     if isinstance(dtype, torch.dtype):
@@ -135,7 +145,7 @@ def resolve_dtype(dtype: Any = "auto", device: str = "cpu") -> Any:
     if dtype in (None, "auto"):
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return getattr(torch, CPU_DEFAULT_DTYPE)
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     names = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
              "fp16": "float16", "float16": "float16"}
     if str(dtype) not in names:

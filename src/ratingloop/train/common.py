@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ratingloop.models import ModelLoadError, ResolvedModel
+from ratingloop.models import ModelLoadError, ResolvedModel, cpu_has_fast_bf16
 from ratingloop.train.config import TrainConfig
 
 
@@ -84,7 +84,7 @@ def use_bf16(cfg: TrainConfig) -> bool:
         return False
     if torch.cuda.is_available():
         return bool(torch.cuda.is_bf16_supported())
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    return cpu_has_fast_bf16()
 
 
 def load_base(resolved: ResolvedModel) -> tuple[Any, Any]:
