@@ -37,19 +37,33 @@ def _batches(seqs: list[tuple[list[int], int]], batch_size: int) -> Iterator[lis
         yield order[start:start + batch_size]
 
 
-def _logits(model: Any, seqs: list[tuple[list[int], int]], idx: list[int], pad: int) -> Any:
-    """Log-softmax over the vocabulary at every position, fp32, for the sequences `idx` (right padded)."""
+def _answer_logps(model: Any, seqs: list[tuple[list[int], int]], idx: list[int], pad: int) -> list[Any]:
+    """Per sequence of `idx`: the log-softmax over the vocabulary at each position that predicts an answer
+    token ([answer tokens, vocab], fp32), in the order of `idx`.
+
+    The LM head and the log-softmax, over a 49k-token vocabulary the largest costs of a forward pass, run
+    only where the answer is: the batch is LEFT padded so every answer ends in the last column, and
+    `logits_to_keep` keeps the columns of the longest answer (position ids count real tokens only).
+    """
     import torch
 
     device = next(model.parameters()).device
     width = max(len(seqs[i][0]) for i in idx)
+    keep = max(len(seqs[i][0]) - seqs[i][1] for i in idx) + 1  # the logits at position k predict token k + 1
     ids = torch.full((len(idx), width), pad, dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
     for row, i in enumerate(idx):
-        ids[row, :len(seqs[i][0])] = torch.tensor(seqs[i][0])
-        mask[row, :len(seqs[i][0])] = 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-    return torch.log_softmax(logits, dim=-1)
+        n = len(seqs[i][0])
+        ids[row, width - n:] = torch.tensor(seqs[i][0])
+        mask[row, width - n:] = 1
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                   logits_to_keep=keep).logits
+    out = []
+    for row, i in enumerate(idx):
+        answer = len(seqs[i][0]) - seqs[i][1]  # columns [-answer-1, -1) predict the answer's tokens
+        out.append(torch.log_softmax(logits[row, keep - answer - 1:keep - 1].float(), dim=-1))
+    return out
 
 
 def answer_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Messages], answers: Sequence[str], *,
@@ -62,12 +76,10 @@ def answer_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Messages], ans
     pad = _pad(tokenizer)
     with torch.inference_mode():
         for idx in _batches(seqs, batch_size):
-            logp = _logits(model, seqs, idx, pad)
-            for row, i in enumerate(idx):
+            for i, logp in zip(idx, _answer_logps(model, seqs, idx, pad), strict=True):
                 ids, start = seqs[i]
                 targets = torch.tensor(ids[start:], device=logp.device)
-                # the logits at position k predict token k + 1
-                total[i] = float(logp[row, start - 1:len(ids) - 1].gather(-1, targets[:, None]).sum())
+                total[i] = float(logp.gather(-1, targets[:, None]).sum())
                 count[i] = len(ids) - start
     return total, count
 
@@ -86,12 +98,10 @@ def token_kl(model_p: Any, model_q: Any, tokenizer: Any, prompts: Sequence[Messa
     pad = _pad(tokenizer)
     with torch.inference_mode():
         for idx in _batches(seqs, batch_size):
-            lp, lq = _logits(model_p, seqs, idx, pad), _logits(model_q, seqs, idx, pad)
-            for row, i in enumerate(idx):
-                ids, start = seqs[i]
-                a, b = lp[row, start - 1:len(ids) - 1], lq[row, start - 1:len(ids) - 1]
+            lp, lq = _answer_logps(model_p, seqs, idx, pad), _answer_logps(model_q, seqs, idx, pad)
+            for i, a, b in zip(idx, lp, lq, strict=True):
                 total[i] = float((a.exp() * (a - b)).sum().clamp_min(0.0))
-                count[i] = len(ids) - start
+                count[i] = len(seqs[i][0]) - seqs[i][1]
     return total, count
 
 
