@@ -20,8 +20,8 @@ class EvalConfig:
     max_rated_answers: int = 256  # held-out rated answers the human judge scores (forward passes only)
     # generation: greedy, as served
     max_tokens: int = 128
-    batch_size: int = 8
-    dtype: str = "auto"  # generation dtype: auto = bf16 on CPU, what `generate` serves with
+    batch_size: int = 32  # rows per generate call: CPU decoding is memory-bound, wider batches pay (bench/gate.py)
+    dtype: str = "auto"  # generation dtype, what `generate` serves with: auto = bf16 where the CPU has it, else fp32
     score_batch_size: int = 4  # likelihood / KL forward passes, always in fp32 (small LoRA deltas survive)
     score_max_length: int = 1024  # tokens per (prompt, answer); the prompt's beginning is cut first
     # judges and statistics
