@@ -151,6 +151,19 @@ def test_bradley_terry_on_pairs(backbone: str, synthetic: dict[str, Path], engin
     assert np.all(sd == pytest.approx(card["sd"]["value"]))
 
 
+def test_embed_backbone_honours_max_steps_as_solver_iterations(synthetic: dict[str, Path], engine: Engine,
+                                                               tmp_path: Path) -> None:
+    """train.max_steps caps the closed-form fit's solver iterations (issue 14), as it caps a Trainer's steps."""
+    steps = {}
+    for cap in (2, -1):
+        result = train(engine, "reward", out_dir=tmp_path / f"rm{cap}", data_dir=synthetic["pairs"],
+                       base=synthetic["base"], cfg=replace(FAST, reward_backbone="embed", max_steps=cap),
+                       progress=False)
+        steps[cap] = result.metrics["steps"]
+    assert steps[2] == 2  # stopped at the cap, before converging
+    assert steps[-1] > 2  # uncapped, the solver runs to convergence
+
+
 # --- the run: store -> candidate, resume -------------------------------------------------------------
 
 def test_from_the_example_store_registers_a_candidate_with_held_out_figures(engine: Engine, tiny_base: Path,

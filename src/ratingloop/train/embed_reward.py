@@ -16,12 +16,14 @@ folder holds head.safetensors (plain arrays, no pickle) and reward_model.json (r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -55,6 +57,7 @@ class EmbedRewardModel:
     noise_var: float = 0.0  # regression: 1 / alpha, the score noise BayesianRidge estimated
     card: dict[str, Any] = field(default_factory=dict)  # scale, sd, figures: what reward_model.json holds
     device: str | None = None
+    iterations: int = 0  # the solver's iterations in the fit (not saved)
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, np.float64) @ self.coef + self.intercept
@@ -109,19 +112,24 @@ class EmbedRewardModel:
 
 # --- fitting ---------------------------------------------------------------------------------------
 
-def fit_scores(x: np.ndarray, scores: np.ndarray) -> EmbedRewardModel:
-    """BayesianRidge on embedded rows -> a regression model clipped to [-1, 1], sd = its predictive sd."""
+def fit_scores(x: np.ndarray, scores: np.ndarray, max_iter: int = 300) -> EmbedRewardModel:
+    """BayesianRidge on embedded rows -> a regression model clipped to [-1, 1], sd = its predictive sd.
+
+    `max_iter` caps the evidence updates; the model's `iterations` says how many ran."""
     from sklearn.linear_model import BayesianRidge
 
-    br = BayesianRidge().fit(np.asarray(x, np.float64), np.asarray(scores, np.float64))
+    with _solver_warnings():
+        br = BayesianRidge(max_iter=max_iter).fit(np.asarray(x, np.float64), np.asarray(scores, np.float64))
     return EmbedRewardModel(REGRESSION, br.coef_, float(br.intercept_), br.X_offset_, br.sigma_, 1.0 / br.alpha_,
-                            card={"scale": {"map": "clip"}, "sd": {"kind": "predictive", "value": None}})
+                            card={"scale": {"map": "clip"}, "sd": {"kind": "predictive", "value": None}},
+                            iterations=int(br.n_iter_))
 
 
-def fit_pairs(x_chosen: np.ndarray, x_rejected: np.ndarray, seed: int = 0) -> EmbedRewardModel:
+def fit_pairs(x_chosen: np.ndarray, x_rejected: np.ndarray, seed: int = 0, max_iter: int = 2000) -> EmbedRewardModel:
     """Bradley-Terry: P(chosen beats rejected) = sigmoid(w @ (x_c - x_r)), a logistic regression without
     intercept. Half the pairs are presented flipped (label 0), so both classes exist; the logits are
-    centred on the training answers' mean, which the tanh scale needs."""
+    centred on the training answers' mean, which the tanh scale needs. `max_iter` caps the solver's
+    iterations (per fold and C when cross-validating); the model's `iterations` says how many the final fit ran."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
     diff = np.asarray(x_chosen, np.float64) - np.asarray(x_rejected, np.float64)
@@ -132,17 +140,34 @@ def fit_pairs(x_chosen: np.ndarray, x_rejected: np.ndarray, seed: int = 0) -> Em
     diff[flip] *= -1
     label = (~flip).astype(int)
     if len(diff) >= MIN_CV_PAIRS:
-        clf: Any = LogisticRegressionCV(Cs=10, cv=5, fit_intercept=False, scoring="neg_log_loss", max_iter=2000,
-                                        l1_ratios=(0.0,), use_legacy_attributes=False)  # plain L2
+        clf: Any = LogisticRegressionCV(Cs=10, cv=5, fit_intercept=False, scoring="neg_log_loss",
+                                        max_iter=max_iter, l1_ratios=(0.0,), use_legacy_attributes=False)  # plain L2
     else:
-        clf = LogisticRegression(C=1.0, fit_intercept=False, max_iter=2000)
-    clf.fit(diff, label)
+        clf = LogisticRegression(C=1.0, fit_intercept=False, max_iter=max_iter)
+    with _solver_warnings():
+        clf.fit(diff, label)
     coef = clf.coef_[0].astype(np.float64)
     raw = np.concatenate([x_chosen @ coef, x_rejected @ coef])
     scale = {"map": "tanh", "center": float(raw.mean())}
     # until held-out pairs say better (EmbedFit), the sd is the spread of the training answers' scores
     spread = float(np.std(to_scale(raw, scale)))
-    return EmbedRewardModel(PAIRS, coef, card={"scale": scale, "sd": {"kind": "train_spread", "value": spread}})
+    return EmbedRewardModel(PAIRS, coef, card={"scale": scale, "sd": {"kind": "train_spread", "value": spread}},
+                            iterations=int(np.max(clf.n_iter_)))
+
+
+@contextlib.contextmanager
+def _solver_warnings() -> Iterator[None]:
+    """sklearn's ConvergenceWarning (a fit stopped at its iteration cap, e.g. train.max_steps) as one log line."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            log.warning("reward (embed): the fit stopped at its iteration cap before converging: %s", w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 # --- the trainer run.py drives ---------------------------------------------------------------------
@@ -157,13 +182,16 @@ class _State:
 class EmbedFit:
     """One closed-form fit, shaped like the transformers Trainer for the calls run.py makes.
 
-    There are no steps: the log holds the loss before the fit (step 0: the train mean for scores, ln 2
-    for pairs) and after it (step 1), callbacks are kept but never called, and nothing is checkpointed
+    Its steps are the solver's iterations, which train.max_steps caps (-1: the solver's own cap, run to
+    convergence): the log holds the loss before the fit (step 0: the train mean for scores, ln 2 for pairs)
+    and after it (at the iterations run), callbacks are kept but never called, and nothing is checkpointed
     (a fit takes seconds; a failed one is simply run again).
     """
 
-    def __init__(self, enc: Any, train: Scored | Pairs, eval_: Scored | Pairs | None, progress: bool):
+    def __init__(self, enc: Any, train: Scored | Pairs, eval_: Scored | Pairs | None, progress: bool,
+                 max_steps: int = -1):
         self.encoder, self.train_x, self.eval_x, self.progress = enc, train, eval_, progress
+        self.max_steps = max_steps
         self.model: EmbedRewardModel | None = None  # set by train()
         self.state = _State()
         self.args = SimpleNamespace(world_size=1)  # the TrainingArguments fields run.py reads
@@ -183,9 +211,11 @@ class EmbedFit:
         self._measure(model)
         self.model = model
         runtime = time.perf_counter() - start
-        self.state.log_history = [{"step": 0, "loss": before}, {"step": 1, "loss": after, "train_runtime": runtime}]
-        self.state.global_step = 1
-        return TrainOutput(1, after, {"train_runtime": runtime, "train_loss": after})
+        steps = max(model.iterations, 1)
+        self.state.log_history = [{"step": 0, "loss": before},
+                                  {"step": steps, "loss": after, "train_runtime": runtime}]
+        self.state.global_step = steps
+        return TrainOutput(steps, after, {"train_runtime": runtime, "train_loss": after})
 
     def evaluate(self) -> dict[str, float]:
         return {k: v for k, v in self.heldout.items() if k.startswith("eval_")}
@@ -202,12 +232,15 @@ class EmbedFit:
         if isinstance(self.train_x, Scored):
             [x] = self._embed(self.train_x)
             y = self.train_x.scores
-            model = fit_scores(x, y)
+            model = fit_scores(x, y, **self._cap())
             return model, float(np.var(y)), float(np.mean((np.clip(model.raw(x), -1, 1) - y) ** 2))
         xc, xr = self._embed(self.train_x)
-        model = fit_pairs(xc, xr)
+        model = fit_pairs(xc, xr, **self._cap())
         margin = model.raw(xc) - model.raw(xr)
         return model, float(np.log(2)), float(np.mean(np.logaddexp(0, -margin)))
+
+    def _cap(self) -> dict[str, int]:
+        return {"max_iter": self.max_steps} if self.max_steps > 0 else {}
 
     def _measure(self, model: EmbedRewardModel) -> None:
         """Held-out figures into the card and `heldout`, as run.py's metrics expect them (eval_*)."""

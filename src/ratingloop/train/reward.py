@@ -100,7 +100,7 @@ def make_trainer(model: Any, tokenizer: Any, data: TrainData, cfg: TrainConfig, 
     if cfg.reward_backbone == "embed":
         from ratingloop.train.embed_reward import EmbedFit
 
-        return EmbedFit(model, train, eval_, progress)
+        return EmbedFit(model, train, eval_, progress, max_steps=cfg.max_steps)
     args = trainer_args(cfg, out_dir, progress)  # seeds before the LoRA matrices are drawn
     model = with_lora(model, cfg)
     if objective == PAIRS:
