@@ -323,7 +323,7 @@ def generate(
                                                  "or 'default' (the default model)")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 256,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy")] = 0.0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     db: Db = None,
 ) -> None:
     """Answer a JSONL of prompts with a model (the active version by default): batched, greedy by default."""
@@ -652,7 +652,13 @@ def demo(db: Db = None) -> None:
     """A walk-through of what ratingloop does today (on a fresh temporary store unless --db is given)."""
     from ratingloop.demo import run_demo
 
-    run_demo(out, err, db)
+    try:
+        run_demo(out, err, db)
+    except KeyboardInterrupt:  # run_demo's `with` blocks have stopped the server and removed the temporary store;
+        # a loop round's worker threads would hold the exit until they finish, so leave now
+        err.print("interrupted: the demo's server is stopped and its temporary store removed", highlight=False)
+        sys.stderr.flush()
+        os._exit(130)
 
 
 @loop_app.callback()
@@ -737,6 +743,10 @@ def loop_status(
 
 
 def main() -> None:
+    # the CLI draws one rich bar per step; Hugging Face's per-file bars (loading and writing weights, GGUF
+    # conversion, datasets' map/save) would interleave with it. Set before anything imports transformers.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=os.environ.get("RATINGLOOP_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # TRL's unwrap_model_for_generation reads the deprecated attribute on every evaluation and generation
