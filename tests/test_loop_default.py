@@ -100,3 +100,5 @@ def test_the_loops_training_settings_follow_the_data_size(rows: int, batch: int,
     cfg.validate()
     assert loop_train_config("kto", rows, max_steps=3, learning_rate=1e-5).max_steps == 3
     assert loop_train_config("sft", rows).learning_rate == 2e-4  # no loop rate measured: the method's default
+    # the round's gate judges a policy on held-out prompts; a reward model's held-out figures are its card
+    assert not cfg.eval_after_training and loop_train_config("reward", rows).eval_after_training

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ def test_trains_saves_and_registers_a_candidate(method: str, engine: Engine, tin
     assert m["steps"] == FAST.max_steps and math.isfinite(m["train_loss"])
     assert math.isfinite(m["first_loss"]) and math.isfinite(m["last_loss"])
     assert any(k.startswith("rewards/") for k in m), m
+    assert m["eval_rows"] > 0 and "eval_loss" in m  # the eval split's pass after training (the default)
     if method == "kto":  # the builder's class-balance weights, from the manifest
         weights = json.loads((out / "data" / "manifest.json").read_text())["kto"]
         assert (m["desirable_weight"], m["undesirable_weight"]) == (
@@ -112,3 +114,11 @@ def test_dpo_data_dir_with_the_wrong_format_is_named(engine: Engine, tiny_base: 
         train(engine, "dpo", out_dir=tmp_path / "run", data_dir=tmp_path / "kto", base=tiny_base, cfg=FAST,
               progress=False)
     assert list_versions(engine) == []
+
+
+def test_the_eval_pass_after_training_can_be_left_to_the_gate(engine: Engine, tiny_base: Path, tmp_path: Path) -> None:
+    """train.eval_after_training=false (the loop's setting for policies): the same run, no eval-split pass."""
+    result = train_from_store(engine, "kto", out_dir=tmp_path / "run", base=tiny_base,
+                              cfg=replace(FAST, eval_after_training=False), progress=False)
+    assert result.metrics["eval_rows"] > 0
+    assert not [k for k in result.metrics if k.startswith("eval_") and k != "eval_rows"], result.metrics

@@ -176,7 +176,7 @@ def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Pa
     metrics = _metrics(trainer, output, data)
     if hasattr(rec, "metrics"):
         metrics |= rec.metrics(trainer)
-    if data.eval is not None:
+    if data.eval is not None and cfg.eval_after_training:
         evaluated = trainer.evaluate()
         metrics |= {k: float(v) for k, v in evaluated.items()
                     if k.startswith("eval_") and isinstance(v, (int, float)) and k != "eval_runtime"}
