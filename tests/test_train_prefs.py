@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -122,3 +123,19 @@ def test_the_eval_pass_after_training_can_be_left_to_the_gate(engine: Engine, ti
                               cfg=replace(FAST, eval_after_training=False), progress=False)
     assert result.metrics["eval_rows"] > 0
     assert not [k for k in result.metrics if k.startswith("eval_") and k != "eval_rows"], result.metrics
+
+
+def test_a_run_shows_one_bar_with_steps_loss_and_tokens_per_second(engine: Engine, tiny_base: Path, tmp_path: Path,
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    """Issue 14: rich's bar in place of transformers' tqdm - the steps, the latest loss, tokens/s, an ETA."""
+    train_from_store(engine, "kto", out_dir=tmp_path / "run", base=tiny_base, cfg=FAST, progress=True)
+    said = capfd.readouterr()
+    bar = [line for line in said.err.splitlines() if "training kto" in line]
+    assert bar, said.err
+    assert f"{FAST.max_steps}/{FAST.max_steps}" in bar[-1] and re.search(r"loss \d+\.\d{4}", bar[-1]), bar
+    assert re.search(r"\d+ tokens/s", bar[-1]), bar
+    # no tqdm bar for the steps beside it (loading the base draws transformers' own, which the CLI turns off)
+    steps_bars = [x for x in said.err.replace("\r", "\n").splitlines() if ("it/s" in x or "s/it" in x)
+                  and "Loading weights" not in x]
+    assert not steps_bars, steps_bars
+    assert "{'loss'" not in said.out + said.err  # no log dicts printed

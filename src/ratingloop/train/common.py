@@ -36,7 +36,8 @@ def trainer_args(cfg: TrainConfig, out_dir: Path, progress: bool) -> dict[str, A
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the steps
         seed=cfg.seed, bf16=use_bf16(cfg), logging_steps=cfg.logging_steps, logging_first_step=True,
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
-        save_total_limit=cfg.save_total_limit, eval_strategy="no", disable_tqdm=not progress, dataloader_num_workers=0,
+        save_total_limit=cfg.save_total_limit, eval_strategy="no", dataloader_num_workers=0,
+        disable_tqdm=True,  # with `progress`, run.py adds one rich bar (train/progress.py) in tqdm's place
         # TRL turns activation checkpointing on by default; it recomputes every layer's forward (~30% more
         # compute) to save memory a 135M model on CPU does not need
         activation_checkpointing=cfg.activation_checkpointing, include_num_input_tokens_seen=True,

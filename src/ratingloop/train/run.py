@@ -169,6 +169,10 @@ def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Pa
 
     # --- train -------------------------------------------------------------------------------------
     trainer = rec.make_trainer(model, tokenizer, data, cfg, out_dir, progress)
+    if progress:
+        from ratingloop.train.progress import TrainProgress
+
+        trainer.add_callback(TrainProgress(f"training {method}"))
     for callback in callbacks:
         trainer.add_callback(callback)
     checkpoint = _latest_checkpoint(out_dir) if resume else None
