@@ -113,6 +113,7 @@ def main() -> None:
         new, _ = timed("logprobs, answer positions", lambda a=answers: answer_logprobs(fp32[0], tok, prompts, a))
         figures.setdefault("max |logprob difference|", []).append(float(np.abs(ref - new).max()))
         timed("token KL (two passes)", lambda a=answers: token_kl(fp32[0], fp32[0], tok, prompts, a))
+        print("repeat:", {k: round(v[-1], 2) for k, v in figures.items()}, flush=True)  # a partial run still says
 
     med = {k: statistics.median(v) for k, v in figures.items()}
     print(f"# bench/gate.py, {platform.node()}, {os.cpu_count()} CPUs ({torch.backends.cpu.get_cpu_capability()}, "
