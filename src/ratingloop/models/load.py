@@ -30,7 +30,6 @@ from ratingloop.models.pull import DEFAULT_MODEL_NAME, default_model_dir, is_pul
 ModelKind = Literal["default", "folder", "adapter", "hub"]
 
 
-
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere torch emulates bf16.
 
