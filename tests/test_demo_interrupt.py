@@ -59,7 +59,7 @@ def test_ctrl_c_stops_the_server_and_removes_the_temporary_store(default_model: 
             assert list(tmp.glob("ratingloop-demo-*/demo.db")), "the demo's store is in its temporary folder"
             time.sleep(3)  # the users are chatting
             os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-            assert demo.wait(timeout=60) == 130
+            assert demo.wait(timeout=90) == 130
         finally:
             if demo.poll() is None:
                 os.killpg(demo.pid, signal.SIGKILL)

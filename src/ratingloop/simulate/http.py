@@ -79,9 +79,14 @@ def simulate_http(url: str, key: str | None, cfg: PopulationConfig, *, turns: in
                 if progress is not None:
                     progress(1)
 
-    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+    pool = ThreadPoolExecutor(max(1, concurrency))
+    try:
         for future in [pool.submit(run_user, k, u) for k, u in enumerate(users)]:
             future.result()  # the first failure stops the run with its message
+    except BaseException:  # a failure or Ctrl-C: no waiting users start, none is waited for
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     report = SimReport(url=base, users=cfg.users, trolls=sum(u.troll != "none" for u in users), turns=turns,
                        answers=len(served), ratings=sum(g for _, _, g in served),
                        troll_ids=[u.id for u in users if u.troll != "none"])
