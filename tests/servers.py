@@ -22,6 +22,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def healthy(base: str) -> bool:
+    """Whether a ratingloop server answers /healthz at `base` (a refused or slow connection: no)."""
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @contextmanager
 def running_server_at(db_url: str, tmp_path: Path, env: dict[str, str] | None = None,
                       access_log: bool = False, backend: tuple[str, ...] = ("--backend", "none"),
@@ -41,12 +49,7 @@ def running_server_at(db_url: str, tmp_path: Path, env: dict[str, str] | None = 
         )
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+        while not healthy(base):
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError(f"server did not start:\n{log_path.read_text()}")

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from servers import healthy
+
 
 def _demo_server(tmp: Path) -> tuple[int, int] | None:
     """(pid, port) of the `ratingloop serve` the demo started on a store under `tmp`, if it runs."""
@@ -48,12 +50,8 @@ def test_ctrl_c_stops_the_server_and_removes_the_temporary_store(default_model: 
             deadline, server = time.monotonic() + 300, None
             while time.monotonic() < deadline and demo.poll() is None:
                 server = _demo_server(tmp)
-                if server:
-                    try:
-                        if httpx.get(f"http://127.0.0.1:{server[1]}/healthz", timeout=1).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
+                if server and healthy(f"http://127.0.0.1:{server[1]}"):
+                    break
                 time.sleep(0.5)
             assert server is not None and demo.poll() is None, (tmp_path / "stderr").read_text()[-2000:]
             assert list(tmp.glob("ratingloop-demo-*/demo.db")), "the demo's store is in its temporary folder"
