@@ -31,6 +31,7 @@ from ratingloop.signals.content import (
     length_feature,
     project,
     rater_folds,
+    with_length,
 )
 from ratingloop.signals.load import LoadedRatings
 from ratingloop.signals.normalise import rewards
@@ -256,4 +257,53 @@ def test_the_answers_length_is_a_content_feature() -> None:
     assert abs(z.mean()) < 1e-9 and abs(z.std() - 1.0) < 1e-9
     assert list(np.argsort(z)) == [0, 1, 2, 3]
     assert (length_feature(["same length", "other words"]) == 0).all()  # nothing to say where all are alike
-    assert ContentConfig().length_weight == 0.0  # measured, not adopted (bench/results.md, issue 9)
+
+    # appended after the projection on the leading component's scale: the embedding's components stay as they were
+    x = np.random.default_rng(0).standard_normal((4, 3)) * [3.0, 1.0, 0.5]
+    joined = with_length(x, ["one", "one two three", "a " * 50, "a " * 200], 1.0)
+    assert joined.shape == (4, 4) and np.array_equal(joined[:, :3], x)
+    assert joined[:, 3].std() == pytest.approx(x[:, 0].std())
+    assert with_length(x, ["a", "b", "c", "d"], 0.0) is x
+
+
+@pytest.mark.parametrize("grader", ["concise", "direct"])
+def test_the_length_feature_helps_where_raters_reward_length_and_costs_nothing_where_not(
+        tmp_path: Path, grader: str) -> None:
+    """Single-rated askers (a fifth inverting) whose hidden preference is the answer's length (`concise`) or
+    its opening (`direct`), features that carry no quality (random vectors, standing in for an embedding
+    that misses both): the length feature lifts the rewards' rank correlation with the truth where length
+    is what is rated, and leaves it alone where it is not."""
+    from ratingloop.simulate.single import AskerConfig, single_rated
+
+    rng = np.random.default_rng(3)
+    words = "the a of to and in it is for on that with as this by".split()
+    openers = ["Sure, ", "Certainly! ", "", "", ""]
+    answers = [openers[i % 5] + " ".join(rng.choice(words, int(np.exp(rng.uniform(1.6, 5.0))))) + "."
+               for i in range(480)]
+    prompts = [[{"role": "user", "content": f"question {i % 60}"}] for i in range(480)]
+    world = single_rated(prompts, answers, AskerConfig(grader=grader, invert_frac=0.2, seed=1))
+    engine = open_engine(f"sqlite:///{tmp_path / 's.db'}")
+    assert not import_lines(engine, world.lines, Limits(), user_key=KEY).bad
+
+    def embed(ps: Sequence[Any], ans: Sequence[str]) -> np.ndarray:
+        return np.random.default_rng(len(ans)).standard_normal((len(ans), 32))
+
+    index = {iid: i for i, iid in enumerate(world.ids)}
+    rho = {}
+    for weight in (0.0, 1.0):
+        cfg = SignalsConfig(content=ContentConfig(mode="on", length_weight=weight))
+        result = signals_from_loaded(*_loaded_and_content(engine, cfg, embed))
+        got = [(index[s.interaction_id], s.reward) for s in result.interactions]
+        rho[weight] = spearmanr([r for _, r in got], world.score[[i for i, _ in got]])[0]
+    if grader == "concise":
+        assert rho[1.0] > rho[0.0] + 0.15, rho
+    else:
+        assert abs(rho[1.0] - rho[0.0]) < 0.05, rho
+
+
+def _loaded_and_content(engine: Any, cfg: SignalsConfig, embed: Any) -> tuple[Any, ...]:
+    from ratingloop.signals.content import content_data
+    from ratingloop.signals.load import load_ratings
+
+    loaded_ = load_ratings(engine, cfg.topic_tag)
+    return loaded_, cfg, None, content_data(engine, loaded_, cfg.content, embed)

@@ -71,11 +71,13 @@ class ContentConfig:
     # the store cannot tell (too few interactions rated twice); the simulator's is 0.41-0.47
     min_reliability_pairs: int = 200  # interactions rated by 2+ (training) raters needed to estimate it instead
     dims: int = 128  # embeddings projected on their top principal components (no ratings used: fold-safe)
-    length_weight: float = 0.0  # the answer's standardised log word count, joined to the embedding with this
-    # weight before the projection (a sentence embedding barely sees length, which raters often reward or
-    # punish). Off by default: at 0.2, on the two bench/loop.py seeds measured both ways, it ranked answers
-    # better (Spearman with the hidden score 0.25 -> 0.58, 0.36 -> 0.56) but the round's uplift rose on one
-    # (+0.10 -> +1.33) and fell on the other (+1.36 -> +0.91) (bench/results.md, issue 9); 0.2 turns it on
+    length_weight: float = 1.0  # the answer's standardised log word count, appended to the projected embedding
+    # on this multiple of the leading component's sd (0 leaves it out). A sentence embedding barely sees length,
+    # which raters often reward or punish; BayesianRidge learns its sign and weight from the ratings like any
+    # other feature's, so where length does not matter it costs nothing. Measured on bench/loop.py's
+    # single-rated worlds (6 seeds, bench/results.md, issue 9): Spearman of rewards with a length-driven hidden
+    # score 0.13-0.52 -> 0.43-0.80, inverting askers flagged 3 -> 16 of 46; with a length-blind one unchanged
+    # (0.28-0.48 either way). Joined before the projection instead, it displaced embedding components (-0.1)
     max_fit_rows: int = 50_000  # ratings per model beyond this are subsampled (BayesianRidge is O(n d^2))
     refit_without_flagged: bool = True  # after flagging, refit the content model without the flagged raters
     seed: int = 0  # for that subsample
@@ -175,9 +177,18 @@ def content_data(engine: Engine, loaded: LoadedRatings, cfg: ContentConfig, embe
     log.info("content prior: embedding %d interactions (%d rated)", len(ids), len(rated))
     answers = [texts[i][1] for i in ids]
     features = (embed or default_embedder())([texts[i][0] for i in ids], answers)
-    if cfg.length_weight:
-        features = np.hstack([features, cfg.length_weight * length_feature(answers)[:, None]])
-    return ContentData(ids, project(features, cfg.dims), len(rated), rater_folds(loaded.rater_ids, cfg.folds))
+    return ContentData(ids, with_length(project(features, cfg.dims), answers, cfg.length_weight), len(rated),
+                       rater_folds(loaded.rater_ids, cfg.folds))
+
+
+def with_length(projected: np.ndarray, answers: Sequence[str], weight: float) -> np.ndarray:
+    """The projected features and, where `weight` > 0, the answers' length feature as one more column, on
+    `weight` times the leading component's sd: one more feature on the embedding's own scale, leaving its
+    components as they were."""
+    if not weight or len(answers) == 0:
+        return projected
+    lead = float(projected[:, 0].std()) if projected.shape[1] else 1.0
+    return np.hstack([projected, weight * (lead or 1.0) * length_feature(answers)[:, None]])
 
 
 def length_feature(answers: Sequence[str]) -> np.ndarray:
