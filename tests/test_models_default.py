@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,10 +25,17 @@ def test_pull_convert_and_generate_default_model(tmp_path: Path) -> None:
 
     from ratingloop.models import generate, load_for_generation, resolve_model
 
+    # as a user pulls it: the CLI, with one status line and one "ready" line, no library progress bars
+    env = os.environ | {"RATINGLOOP_DATA_DIR": str(tmp_path), "CI": "", "TERM": "dumb"}
+    pulled = subprocess.run([sys.executable, "-m", "ratingloop.cli", "model", "pull"], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert pulled.returncode == 0, pulled.stderr
+    said = pulled.stdout + pulled.stderr
+    assert said.lower().count("default model ready") == 1, said
+    assert "it/s" not in said and "Converting and de-quantizing" not in said and "Loading weights" not in said, said
     result = pull_default_model(tmp_path)
-    assert result.converted and is_pulled(result.path)
+    assert not result.converted and is_pulled(result.path)  # cached: converted once
     assert (result.path / "model.safetensors").is_file()
-    assert not pull_default_model(tmp_path).converted  # cached: converted once
 
     start = time.perf_counter()
     model, tok = load_for_generation(resolve_model("default", data_dir=tmp_path, pull=False))

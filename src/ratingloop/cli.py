@@ -310,8 +310,8 @@ def model_pull(force: Annotated[bool, typer.Option("--force", help="convert agai
     from ratingloop.models import pull_default_model
 
     result = pull_default_model(_settings(None).resolved_data_dir, force=force, console=err)
-    what = f"converted in {result.convert_seconds:.0f} s" if result.converted else "already converted"
-    out.print(f"default model ready at {result.path} ({what})", highlight=False)
+    if not result.converted:  # a conversion says so itself, once
+        out.print(f"default model ready at {result.path} (already converted)", highlight=False)
 
 
 @app.command()
@@ -747,6 +747,7 @@ def main() -> None:
     # conversion, datasets' map/save) would interleave with it. Set before anything imports transformers.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' own bars (loading weights, GGUF conversion) use tqdm
     logging.basicConfig(level=os.environ.get("RATINGLOOP_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # TRL's unwrap_model_for_generation reads the deprecated attribute on every evaluation and generation
