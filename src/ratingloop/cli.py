@@ -693,7 +693,8 @@ def loop(
     try:
         outcomes = run_loop(_engine(db), spec, user_key=_settings(db).feedback_secret(), once=once,
                             min_new_ratings=min_new_ratings, every_s=_duration(every) if every else None,
-                            wait_for_lock=wait, poll_s=poll, say=lambda m: err.print(m, highlight=False))
+                            wait_for_lock=wait, poll_s=poll, say=lambda m: err.print(m, highlight=False),
+                            progress=err.is_terminal)
     except KeyboardInterrupt:  # the round's threads would finish it first; it resumes at the next start instead
         err.print("interrupted: an unfinished round resumes at the next `ratingloop loop`", highlight=False)
         os._exit(130)

@@ -125,9 +125,10 @@ def _round(engine: Any, url: str, tmp: Path, n: int, out: Console, err: Console)
 
     spec = RoundSpec(method="kto", out_root=str(tmp / "loop"))
     t0 = time.monotonic()
-    with err.status(f"round {n}: training on the default model, then both versions answer held-out questions ..."):
-        [outcome] = run_loop(engine, spec, user_key=SECRET.encode(), once=True,
-                             say=lambda line: err.print(line, highlight=False))
+    err.print(f"round {n}: training on the default model, then both versions answer held-out questions",
+              highlight=False)
+    [outcome] = run_loop(engine, spec, user_key=SECRET.encode(), once=True,
+                         say=lambda line: err.print(line, highlight=False), progress=True)
     [row] = list_rounds(engine, limit=1)
     evaluation = next((s.detail for s in row.steps if s.name == "eval"), {})
     gate = next((s.detail for s in row.steps if s.name == "gate"), {})

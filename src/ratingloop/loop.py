@@ -162,11 +162,13 @@ class RoundSpec:
         self.section(EvalConfig, "eval")
 
 
-def run_round(engine: Engine, round_id: str, spec_dict: dict[str, Any], *, user_key: bytes) -> dict[str, Any]:
+def run_round(engine: Engine, round_id: str, spec_dict: dict[str, Any], *, user_key: bytes,
+              progress: bool = False) -> dict[str, Any]:
     """One round, step by step; returns its outcome ({"outcome": promoted | rejected | failed, ...}).
-    `user_key` (the server's secret, for label's writes) is bound, never part of the durable workflow's inputs."""
+    `user_key` (the server's secret, for label's writes) and `progress` (a bar for training and for the
+    gate's answers) are bound, never part of the durable workflow's inputs."""
     spec = RoundSpec.from_dict(spec_dict)
-    trained = durable_step(engine, round_id, "train", 1, lambda: _train_step(engine, round_id, spec))
+    trained = durable_step(engine, round_id, "train", 1, lambda: _train_step(engine, round_id, spec, progress))
     version_id = trained.get("version_id")
     if trained.get("status") == "failed" or not version_id:
         error = trained.get("error") or "training registered no version"
@@ -175,14 +177,14 @@ def run_round(engine: Engine, round_id: str, spec_dict: dict[str, Any], *, user_
         return {"round_id": round_id, "outcome": "failed", "error": error, "version_id": None}
     set_round_version(engine, round_id, version_id)
     durable_step(engine, round_id, "label", 2, lambda: _label_step(engine, user_key))
-    report = durable_step(engine, round_id, "eval", 3, lambda: _eval_step(engine, version_id, spec))
+    report = durable_step(engine, round_id, "eval", 3, lambda: _eval_step(engine, version_id, spec, progress))
     gate = durable_step(engine, round_id, "gate", 4, lambda: _gate_step(engine, round_id, version_id, report))
     finish_round(engine, round_id, outcome=gate["outcome"], version_id=version_id)
     log.info("round %s: candidate %s %s (%s)", round_id, version_id, gate["outcome"], "; ".join(gate["reasons"]))
     return {"round_id": round_id, "outcome": gate["outcome"], "version_id": version_id, "reasons": gate["reasons"]}
 
 
-def _train_step(engine: Engine, round_id: str, spec: RoundSpec) -> dict[str, Any]:
+def _train_step(engine: Engine, round_id: str, spec: RoundSpec, progress: bool = False) -> dict[str, Any]:
     from ratingloop.models.registry import active_version, fail_run, list_runs, list_versions
     from ratingloop.train import resume
 
@@ -195,7 +197,7 @@ def _train_step(engine: Engine, round_id: str, spec: RoundSpec) -> dict[str, Any
         if run.status != "running":
             continue
         try:  # killed mid-training: continue from its newest checkpoint, on its own data
-            result = resume(engine, run.id, progress=False)
+            result = resume(engine, run.id, progress=progress)
             return _trained(result, resumed=True)
         except RatingloopError as e:
             fail_run(engine, run.id, f"the loop process died during this run and it cannot resume ({e}); "
@@ -208,7 +210,7 @@ def _train_step(engine: Engine, round_id: str, spec: RoundSpec) -> dict[str, Any
             cfg=spec.train_config,
             build_cfg=spec.section(BuildConfig, "build", LOOP_BUILD_DEFAULTS),
             signals_cfg=spec.section(SignalsConfig, "signals"),
-            parent_version_id=active.id if active else None, round_id=round_id, progress=False)
+            parent_version_id=active.id if active else None, round_id=round_id, progress=progress)
     except Exception as e:  # noqa: BLE001 - any training failure fails the round, recorded with its reason
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
     return _trained(result, resumed=False)
@@ -240,13 +242,13 @@ def _label_step(engine: Engine, user_key: bytes) -> dict[str, Any]:
     return {"reward_model": str(model), "scored": report.scored, "written": report.written}
 
 
-def _eval_step(engine: Engine, version_id: str, spec: RoundSpec) -> dict[str, Any]:
+def _eval_step(engine: Engine, version_id: str, spec: RoundSpec, progress: bool = False) -> dict[str, Any]:
     """The evaluation's report; one that crashes is a reject with the error (never a promote)."""
     from ratingloop.evaluate import EvalConfig, evaluate
 
     try:
         report: dict[str, Any] = evaluate(engine, version_id, "active", cfg=spec.section(EvalConfig, "eval"),
-                                          progress=False).as_dict()
+                                          progress=progress).as_dict()
     except Exception as e:  # noqa: BLE001 - the gate rejects a candidate it could not judge
         log.error("round: evaluating %s crashed: %s", version_id, e)
         return {"status": "failed", "verdict": "reject", "reasons": [f"evaluation crashed: {type(e).__name__}: {e}"],
@@ -288,7 +290,8 @@ def gate(engine: Engine, version_id: str, report: dict[str, Any], *, actor: str 
 
 def run_loop(engine: Engine, spec: RoundSpec, *, user_key: bytes, once: bool, min_new_ratings: int = 100,
              every_s: float | None = None, wait_for_lock: bool = False, poll_s: float = 30.0,
-             max_rounds: int | None = None, say: Callable[[str], None] = log.info) -> list[dict[str, Any]]:
+             max_rounds: int | None = None, say: Callable[[str], None] = log.info,
+             progress: bool = False) -> list[dict[str, Any]]:
     """Resume what a killed loop left, then run rounds: `once` one now if any rating arrived since the
     last round; else whenever `min_new_ratings` arrived or `every_s` passed with at least one new rating.
     `user_key` is the server's secret (`Settings.feedback_secret()`): label's judge ratings go through the
@@ -296,7 +299,7 @@ def run_loop(engine: Engine, spec: RoundSpec, *, user_key: bytes, once: bool, mi
     spec.check()
     _quiet_libraries()
     outcomes: list[dict[str, Any]] = []
-    round_fn = partial(run_round, engine, user_key=user_key)  # bound here: DBOS records only (round id, spec)
+    round_fn = partial(run_round, engine, user_key=user_key, progress=progress)  # DBOS records (round id, spec)
     with runner_lock(engine, wait=wait_for_lock), Durable(engine, round_fn) as durable:
         watch_live(engine, say)
         pending = set(durable.pending())
