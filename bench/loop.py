@@ -249,7 +249,8 @@ def run_seed(seed: int, args: argparse.Namespace, train_q: list[Any], held: list
                 quality = signal_quality(engine, world) if arm in ("default", "today") else {}
                 scored = held_out_scores(info.pop("model"), held, args.max_tokens)
                 row = {"seed": seed, "arm": name, "round_s": round(round_s, 1), "n_answers": len(world.ids),
-                       "n_rated": int(world.rated.sum())} | info | quality | scored
+                       "n_rated": int(world.rated.sum()), "trolls": args.trolls,
+                       "rated_share": round(1 - args.unrated, 6)} | info | quality | scored
                 out_rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "scores"}), file=sys.stderr, flush=True)
     return out_rows
