@@ -69,7 +69,7 @@ def header_values_a_server_can_send(ctx: schemathesis.CheckContext, response: sc
 
 
 CHECKS = [not_a_server_error, response_schema_conformance, header_values_a_server_can_send]
-KINDS = ("thumbs", "stars", "scale", "aspect", "comment", "correction", "implicit")
+KINDS = ("thumbs", "stars", "scale", "aspect", "comment", "correction", "implicit", "preference", "rank")
 
 # Values the schema allows that a store or an HTTP server may not: NUL (PostgreSQL text and JSONB refuse it),
 # control characters and non-Latin-1 (an id is echoed in a response header), integers past 32 and 64 bits,
@@ -86,7 +86,10 @@ SEEDED: list[dict[str, Any]] = [
                                                           {"role": "user", "content": "refund?"}],
      "response": "On the 3rd.", "conversation_id": "fz-c", "tags": {"area": "billing"}},
     {"id": "fz-3", "messages": [{"role": "user", "content": "x"}], "response": "y"},
+    # another answer to fz-1's prompt for its user: something a preference or a rank may compare
+    {"id": "fz-4", "user_id": "fz-user-1", "messages": [{"role": "user", "content": "hi"}], "response": "hey"},
 ]
+PAIRED = {"fz-1": "fz-4", "fz-4": "fz-1"}  # answers to one prompt
 
 
 class ServerLog(logging.Handler):
@@ -181,6 +184,8 @@ def coherent(rating: Any, interaction_id: str | None, token: str | None, setting
     kind, value = r["kind"], r.get("value")  # type: str, Any
     number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     r["signal"], r["scale"] = None, None
+    r["other_interaction_id"], r["strength"], r["ranking"] = None, None, None
+    other = PAIRED.get(interaction_id or "", "fz-1")
     r["aspect"] = settings.aspects[-1] if kind == "aspect" else None
     if kind == "thumbs":
         r["value"] = value if value in (1, -1) and not isinstance(value, bool) else -1
@@ -193,6 +198,14 @@ def coherent(rating: Any, interaction_id: str | None, token: str | None, setting
         r["value"], r["text"] = None, text if isinstance(text, str) and text.strip() else "x"
     elif kind == "implicit":
         r["signal"], r["value"] = settings.implicit_signals[0], value if number else None
+    elif kind == "preference":  # fz-1 against fz-4: one prompt, one user
+        strength = rating.get("strength")
+        r["other_interaction_id"] = other
+        r["value"] = value if value in ("a", "b", "tie") else "ab"[len(str(value)) % 2]
+        finite = isinstance(strength, (int, float)) and not isinstance(strength, bool) and math.isfinite(strength)
+        r["strength"] = min(max(abs(strength), 0.01), 1) if finite and r["value"] != "tie" else None
+    elif kind == "rank":
+        r["value"], r["ranking"] = None, [[other], [interaction_id or "fz-4"]]
     return r
 
 
@@ -236,7 +249,7 @@ def api_schema(fuzz_settings: Settings, auth: str, server_log: ServerLog, tiny_b
         "parameters": {
             "path.user_id": {"dictionary": "users", "probability": 0.5},
             "body.messages[*].content": {"dictionary": "strings", "probability": 0.1},
-            **bind("interactions", 0.5, "interaction_id"),
+            **bind("interactions", 0.5, "interaction_id", "other_interaction_id"),
             **bind("ids", 0.2, "id"),
             **bind("tokens", 0.3, "feedback_token"),
             **bind("users", 0.3, "user_id", "rater_id"),

@@ -250,6 +250,10 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False,
         return parse_json(raw, model) if len(raw) <= INLINE_PARSE_BYTES else \
             await run_in_threadpool(parse_json, raw, model)
 
+    def anchor(who: Caller, rating: RatingIn) -> str | None:
+        """The interaction a rank sent with a feedback token and no interaction_id is stored under: the token's."""
+        return who.token_interaction if rating.kind == "rank" else None
+
     def cap(who: Caller) -> int | None:
         return None if who.admin else settings.max_ratings_per_rater_interaction
 
@@ -279,7 +283,7 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False,
               openapi_extra=json_body_schema(RatingIn))
     async def feedback(request: Request) -> Response:
         who, body = await admit(request, RatingIn)
-        rating, errors = clean_rating(body, limits)
+        rating, errors = clean_rating(body, limits, interaction_id=anchor(who, body))
         if rating is None:
             raise InvalidInput(errors)
         who.may_rate(rating.interaction_id, rating.source)
@@ -297,7 +301,7 @@ def create_app(settings: Settings | None = None, *, open_admin: bool = False,
                                                    f"{settings.max_batch_items} (RATINGLOOP_MAX_BATCH_ITEMS)")])
         ratings, errors = [], []
         for i, item in enumerate(body.items):
-            rating, errs = clean_rating(item, limits, f"items[{i}]")
+            rating, errs = clean_rating(item, limits, f"items[{i}]", interaction_id=anchor(who, item))
             errors += errs
             if rating is not None:
                 ratings.append(rating)

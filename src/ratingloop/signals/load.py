@@ -3,6 +3,7 @@
 Reads `ratings` and `interactions.tags` through SQLAlchemy Core, given an Engine; writes
 `LoadedRatings`: the `RawRatings` the model fits plus the string ids behind each index. Ratings are
 read in arrival order (created_at, then id) so that a later rating supersedes an earlier one.
+Comparisons (preference, rank) are not read: the rater model does not use them yet.
 Nothing is written to the store here.
 """
 
@@ -17,6 +18,7 @@ from sqlalchemy import Engine, select
 from ratingloop.signals.normalise import KIND_CODE
 from ratingloop.signals.observations import RawRatings
 from ratingloop.store import tables as t
+from ratingloop.store.records import COMPARATIVE_KINDS
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,11 @@ class LoadedRatings:
 
 
 def load_ratings(engine: Engine, topic_tag: str = "topic") -> LoadedRatings:
-    """Every stored rating, oldest first. A rating without a rater id counts as its own rater."""
+    """Every stored rating but comparisons, oldest first. A rating without a rater id counts as its own rater."""
     r = t.ratings.c
     query = select(r.id, r.interaction_id, r.rater_id, r.kind, r.aspect, r.value, r.scale_min, r.scale_max,
-                   r.signal, r.text, r.created_at).order_by(r.created_at, r.id)
+                   r.signal, r.text, r.created_at).where(r.kind.notin_(COMPARATIVE_KINDS))
+    query = query.order_by(r.created_at, r.id)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
         item_ids = sorted({row.interaction_id for row in rows})

@@ -32,6 +32,7 @@ from ratingloop.signals.report import InteractionSignal, RaterSignal, SignalsCon
 from ratingloop.store import Footprint
 from ratingloop.store import tables as t
 from ratingloop.store.db import write_transaction
+from ratingloop.store.records import COMPARATIVE_KINDS
 from ratingloop.store.writes import new_id
 
 log = logging.getLogger(__name__)
@@ -108,14 +109,15 @@ def load_signals(engine: Engine, run_id: str | None = None) -> StoredSignals:
 
 def ratings_since(engine: Engine, stored: StoredSignals) -> int:
     """How many ratings the store holds that `stored` did not read (arrived after it, or imported with
-    an older timestamp since): what a build warns about. (The loop's trigger counts against its last
-    round instead: `rounds.new_ratings`.)"""
+    an older timestamp since): what a build warns about. Comparisons, which no run reads yet, are not
+    counted. (The loop's trigger counts against its last round instead: `rounds.new_ratings`.)"""
     c = t.ratings.c
+    read = c.kind.notin_(COMPARATIVE_KINDS)
     with engine.connect() as conn:
-        total = conn.execute(select(func.count()).select_from(t.ratings)).scalar_one()
+        total = conn.execute(select(func.count()).where(read)).scalar_one()
         newer = 0
         if stored.last_rating_at is not None:
-            newer = conn.execute(select(func.count()).where(c.created_at > stored.last_rating_at)).scalar_one()
+            newer = conn.execute(select(func.count()).where(read, c.created_at > stored.last_rating_at)).scalar_one()
     return max(int(newer), int(total) - int(stored.summary.get("n_ratings", 0)))
 
 

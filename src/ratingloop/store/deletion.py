@@ -3,7 +3,8 @@ copy of what was deleted left behind in the database file.
 
     footprint = delete_user(engine, "u1", user_key=settings.feedback_secret(), purges=[...])
 
-One transaction removes the user's interactions (with every rating on them) and every rating they gave,
+One transaction removes the user's interactions (with every rating on them, comparisons that name one of them
+among others included) and every rating they gave,
 runs each later stage's purge step (`Purge`) on what they left (`Footprint`: their ids and texts, read
 just before the rows go), and writes a tombstone so that no later import or request brings the old data
 back (store/writes.py refuses it with 410). `ratingloop.privacy.forget_user` passes every stage's purge
@@ -56,14 +57,15 @@ Purge = Callable[[Connection, Footprint], None]  # a stage's purge step, inside 
 
 
 def delete_user(engine: Engine, user_id: str, *, user_key: bytes, purges: Sequence[Purge] = ()) -> Footprint:
-    """Remove a user's interactions (with every rating on them) and every rating they gave, run `purges`,
-    and leave a tombstone keyed by `user_key` (`writes.user_hash`); all in one transaction."""
+    """Remove a user's interactions (with every rating on them or comparing them) and every rating they gave, run
+    `purges`, and leave a tombstone keyed by `user_key` (`writes.user_hash`); all in one transaction."""
     if not user_id:
         raise InvalidInput([FieldError("user_id", "is empty; name the user to delete")])
-    I, R = t.interactions, t.ratings
+    I, R, C = t.interactions, t.ratings, t.compared_interactions
     with _deleting(engine) as conn:
         theirs = select(I.c.id).where(I.c.user_id == user_id).scalar_subquery()
-        touched = (R.c.rater_id == user_id) | R.c.interaction_id.in_(theirs)
+        compares_theirs = select(C.c.rating_id).where(C.c.interaction_id.in_(theirs)).scalar_subquery()
+        touched = (R.c.rater_id == user_id) | R.c.interaction_id.in_(theirs) | R.c.id.in_(compares_theirs)
         asked = conn.execute(select(I.c.id, I.c.messages, I.c.response).where(I.c.user_id == user_id)).all()
         rated = conn.execute(select(R.c.id, R.c.text).where(touched)).all()
         n_ratings = conn.execute(delete(R).where(touched)).rowcount

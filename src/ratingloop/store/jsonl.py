@@ -7,24 +7,38 @@ lines per transaction; a chunk the database refuses is written again line by lin
 database objects to is reported like any other bad line. Ratings without an idempotency key get one
 derived from their content, and interactions without an id get one derived from theirs, so importing
 a file twice adds nothing.
+
+Comparisons (a preference, a rank) name other interactions, which must be stored already or sit on an
+earlier line; export writes each comparison on the line of the last answer it names, with its own
+`interaction_id` when that is another line's, so export -> import never refers forward.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from ratingloop.errors import FieldError, StoreError
 from ratingloop.store import tables as t
 from ratingloop.store.db import driver_message, unavailable
-from ratingloop.store.records import InteractionIn, Limits, clean_interaction, pydantic_errors
+from ratingloop.store.records import (
+    COMPARATIVE_KINDS,
+    PREFERENCE_VALUES,
+    InteractionIn,
+    Limits,
+    clean_interaction,
+    pydantic_errors,
+)
 from ratingloop.store.writes import WriteUnit, write_each
+
+log = logging.getLogger(__name__)
 
 CHUNK_LINES = 1000
 
@@ -95,8 +109,10 @@ def _parse_line(line: bytes, limits: Limits) -> tuple[WriteUnit | None, list[Fie
         return None, errors
     for r in inter.ratings:
         if r.idempotency_key is None:
-            basis = [r.interaction_id, r.rater_id, r.source, r.kind, r.aspect, r.value, r.scale_min, r.scale_max,
-                     r.signal, r.text, r.created_at.isoformat() if r.created_at else None]
+            basis: list[Any] = [r.interaction_id, r.rater_id, r.source, r.kind, r.aspect, r.value, r.scale_min,
+                                r.scale_max, r.signal, r.text, r.created_at.isoformat() if r.created_at else None]
+            if r.kind in COMPARATIVE_KINDS:  # appended: the other kinds' keys stay what earlier imports derived
+                basis += [r.other_interaction_id, r.strength, r.ranking]
             r.idempotency_key = "import:" + hashlib.sha256(orjson.dumps(basis)).hexdigest()[:40]
     return WriteUnit(interactions=[inter]), []
 
@@ -134,9 +150,11 @@ def _write_chunk(engine: Engine, chunk: list[tuple[int, WriteUnit]], report: Imp
 # -- export -----------------------------------------------------------------------------------------
 
 def export_lines(engine: Engine, page: int = 1000) -> Iterator[bytes]:
-    """Every interaction with its ratings, oldest first, one JSON line each (with the newline)."""
+    """Every interaction with its ratings, oldest first, one JSON line each (with the newline). A comparison
+    goes on the line of the last answer it names (the module's notes), after that line's other ratings."""
     I, R = t.interactions, t.ratings
     after: tuple[Any, str] | None = None
+    waiting = _Comparisons()
     with engine.connect() as conn:
         while True:
             query = select(I).order_by(I.c.created_at, I.c.id).limit(page)
@@ -145,15 +163,59 @@ def export_lines(engine: Engine, page: int = 1000) -> Iterator[bytes]:
                 query = query.where(later)
             rows = conn.execute(query).mappings().all()
             if not rows:
+                if waiting.unwritten:  # an answer they name was stored, with an earlier time, during the export
+                    log.warning("export: %d comparisons left out: an answer they name arrived during the export; "
+                                "export again to include them", len(waiting.unwritten))
                 return
             by_interaction: dict[str, list[dict[str, Any]]] = {}
             ids = [row["id"] for row in rows]
-            query_r = select(R).where(R.c.interaction_id.in_(ids)).order_by(R.c.created_at, R.c.id)
+            query_r = (select(R).where(R.c.interaction_id.in_(ids), R.c.kind.notin_(COMPARATIVE_KINDS))
+                       .order_by(R.c.created_at, R.c.id))
             for r in conn.execute(query_r).mappings():
                 by_interaction.setdefault(r["interaction_id"], []).append(export_rating(r))
+            for home, r in waiting.completed_by(conn, ids):
+                by_interaction.setdefault(home, []).append(
+                    export_rating(r) if r["interaction_id"] == home else {"interaction_id": r["interaction_id"],
+                                                                          **export_rating(r)})
             for row in rows:
                 yield orjson.dumps(export_interaction(row, by_interaction.get(row["id"], []))) + b"\n"
             after = (rows[-1]["created_at"], rows[-1]["id"])
+
+
+class _Comparisons:
+    """The comparisons export has met but not yet written: each waits for the last answer it names. One
+    comparison is first met on the page of the first of its answers, so none of them was written before."""
+
+    def __init__(self) -> None:
+        self.unwritten: dict[str, set[str]] = {}  # comparison (rating id) -> its answers not yet written
+        self.naming: dict[str, list[str]] = {}  # interaction id -> the waiting comparisons that name it
+
+    def completed_by(self, conn: Connection, ids: list[str]) -> list[tuple[str, Any]]:
+        """(line, rating row) of the comparisons whose last answer is among `ids` (a page, in export order);
+        rows by time of rating."""
+        C, R = t.compared_interactions.c, t.ratings.c
+        met = {rid for chunk in _chunks(ids) for rid in conn.execute(
+            select(C.rating_id).where(C.interaction_id.in_(chunk))).scalars()} - set(self.unwritten)
+        for chunk in _chunks(sorted(met)):
+            for rid, iid in conn.execute(select(C.rating_id, C.interaction_id).where(C.rating_id.in_(chunk))):
+                self.unwritten.setdefault(rid, set()).add(iid)
+                self.naming.setdefault(iid, []).append(rid)
+        home: dict[str, str] = {}
+        for iid in ids:
+            for rid in self.naming.pop(iid, []):
+                self.unwritten[rid].discard(iid)
+                if not self.unwritten[rid]:
+                    del self.unwritten[rid]
+                    home[rid] = iid
+        rows = [r for chunk in _chunks(sorted(home)) for r in conn.execute(
+            select(t.ratings).where(R.id.in_(chunk))).mappings()]
+        rows.sort(key=lambda r: (r["created_at"], r["id"]))
+        return [(home[r["id"]], r) for r in rows]
+
+
+def _chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def iso(dt: datetime) -> str:
@@ -187,10 +249,20 @@ def export_interaction(row: Any, ratings: list[dict[str, Any]]) -> dict[str, Any
     return out
 
 
+PREFERENCE_NAMES = {v: k for k, v in PREFERENCE_VALUES.items()}  # +1 -> "a", -1 -> "b", 0 -> "tie"
+
+
 def export_rating(r: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"id": r["id"], "rater_id": r["rater_id"], "source": r["source"], "kind": r["kind"],
                            "aspect": r["aspect"]}
-    if r["value"] is not None:
+    if r["kind"] == "preference":
+        out["other_interaction_id"] = r["other_interaction_id"]
+        out["value"] = PREFERENCE_NAMES[float(r["value"])]
+        if r["strength"] is not None:
+            out["strength"] = number(r["strength"])
+    elif r["kind"] == "rank":
+        out["ranking"] = r["ranking"]
+    elif r["value"] is not None:
         out["value"] = number(r["value"])
     if r["scale_min"] is not None and r["kind"] != "thumbs":
         out["scale"] = [number(r["scale_min"]), number(r["scale_max"])]

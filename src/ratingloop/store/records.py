@@ -3,6 +3,13 @@
 One shape for the HTTP API and the import file (DESIGN.md's JSONL). Pydantic checks types; the
 per-kind rules (thumbs are ±1, stars lie inside their scale, aspects come from the configured set)
 are checked here by hand so every problem is reported with the field it belongs to.
+
+Comparisons (`preference`, `rank`) are ratings of several answers at once. A preference rates its
+`interaction_id` (answer a) against `other_interaction_id` (answer b): value "a", "b" or "tie", stored
+as +1 / -1 / 0 from a's side, with an optional `strength` in (0, 1]. A rank orders answers best first as
+tiers of tied ids, `[["id1"], ["id2", "id3"]]`; it is stored under one of them (its `interaction_id`:
+the import line's, else the one sent, else the first of its best tier). What the database must say
+(the answers exist, share one prompt, and were served to a token's own user) is judged in writes.py.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from ratingloop.errors import FieldError
 
-KINDS = ("thumbs", "stars", "scale", "aspect", "comment", "correction", "implicit")
+KINDS = ("thumbs", "stars", "scale", "aspect", "comment", "correction", "implicit", "preference", "rank")
+COMPARATIVE_KINDS = ("preference", "rank")  # ratings of several answers to one prompt at once
 SOURCES = ("end_user", "annotator", "simulated", "judge")
-Kind = Literal["thumbs", "stars", "scale", "aspect", "comment", "correction", "implicit"]
+Kind = Literal["thumbs", "stars", "scale", "aspect", "comment", "correction", "implicit", "preference", "rank"]
 Source = Literal["end_user", "annotator", "simulated", "judge"]
 
 # "Accepted" must mean "storable and exportable on both databases": every bound below is something
@@ -33,6 +41,8 @@ MAX_JSON_INT = 2**63 - 1  # integers inside tags and messages
 MAX_JSON_DEPTH = 32
 EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(3000, 1, 1, tzinfo=timezone.utc)
+MAX_RANKED = 100  # answers in one rank
+PREFERENCE_VALUES = {"a": 1.0, "b": -1.0, "tie": 0.0}  # stored from the first answer's side, as thumbs are
 
 
 def text_problem(value: str, *, is_id: bool = False) -> str | None:
@@ -110,8 +120,18 @@ def integral(value: Any) -> Any:
     return value
 
 
+def _safe_ranking(value: Any) -> Any:
+    for tier in value or []:
+        for iid in tier:
+            problem = text_problem(iid, is_id=True)
+            if problem:
+                raise ValueError(f"{iid!r} {problem}")
+    return value
+
+
 Timestamp = Annotated[datetime, AfterValidator(_in_range)]
 Id = Field(default=None, min_length=1, max_length=200)
+RankedId = Annotated[str, Field(min_length=1, max_length=200)]
 
 _THUMBS_WORDS = {"up": 1.0, "down": -1.0, "+1": 1.0, "-1": -1.0, "1": 1.0, "true": 1.0, "false": -1.0}
 
@@ -145,9 +165,20 @@ class RatingIn(BaseModel):
     idempotency_key: str | None = Id
     id: str | None = Field(default=None, min_length=1, max_length=64)
     feedback_token: str | None = Field(default=None, exclude=True, max_length=1000)
+    other_interaction_id: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="kind preference: answer b, to the same prompt as interaction_id's answer a")
+    strength: float | None = Field(
+        default=None, description="kind preference, value a or b: how clearly the answer won, in (0, 1]")
+    ranking: list[Annotated[list[RankedId], Field(max_length=MAX_RANKED)]] | None = Field(
+        default=None, max_length=MAX_RANKED,
+        description=f"kind rank: answers to one prompt, best first, as tiers of tied interaction ids: "
+                    f'[["id1"], ["id2", "id3"]] (at least 2 ids, at most {MAX_RANKED}, none twice)')
 
-    _ids = field_validator("interaction_id", "rater_id", "aspect", "signal", "idempotency_key", "id")(_safe_id)
+    _ids = field_validator("interaction_id", "rater_id", "aspect", "signal", "idempotency_key", "id",
+                           "other_interaction_id")(_safe_id)
     _texts = field_validator("value", "text", "feedback_token")(_safe_text)
+    _ranking = field_validator("ranking")(_safe_ranking)
 
 
 class Message(BaseModel):
@@ -206,6 +237,27 @@ class CleanRating:
     idempotency_key: str | None
     id: str | None
     path: str = ""  # where this rating sat in its request, for error messages ("items[3]")
+    other_interaction_id: str | None = None  # preference: answer b
+    strength: float | None = None  # preference: in (0, 1], None when not said
+    ranking: list[list[str]] | None = None  # rank: tiers of ids, best first
+
+    @property
+    def compared(self) -> tuple[str, ...]:
+        """Every interaction this rating names, its own first (one for every kind but a comparison)."""
+        if self.ranking is not None:
+            return (self.interaction_id, *[i for tier in self.ranking for i in tier if i != self.interaction_id])
+        if self.other_interaction_id is not None:
+            return (self.interaction_id, self.other_interaction_id)
+        return (self.interaction_id,)
+
+    def compared_fields(self) -> list[tuple[str, str]]:
+        """(field, interaction id) of every other interaction a comparison names, for error messages."""
+        if self.ranking is not None:
+            return [(f"ranking[{i}][{j}]", iid) for i, tier in enumerate(self.ranking) for j, iid in enumerate(tier)
+                    if iid != self.interaction_id]
+        if self.other_interaction_id is not None:
+            return [("other_interaction_id", self.other_interaction_id)]
+        return []
 
 
 @dataclass
@@ -278,6 +330,8 @@ def clean_rating(r: RatingIn, limits: Limits, path: str = "", interaction_id: st
         errors.append(FieldError(f"{path}.{name}" if path else name, reason))
 
     iid = r.interaction_id or interaction_id
+    if iid is None and r.kind == "rank" and r.ranking and r.ranking[0]:
+        iid = r.ranking[0][0]  # a rank sent alone is the rating of its best answer
     if iid is None:
         bad("interaction_id", "required")
     aspect = r.aspect or "overall"
@@ -285,7 +339,8 @@ def clean_rating(r: RatingIn, limits: Limits, path: str = "", interaction_id: st
         bad("aspect", f"required for kind 'aspect': one of {', '.join(limits.aspects[1:])}")
     elif aspect not in limits.aspects:
         bad("aspect", f"unknown aspect {aspect!r}; configured aspects: {', '.join(limits.aspects)}")
-    value, scale = _check_value(r, bad)
+    value, scale = _check_comparison(r, iid, bad) if r.kind in COMPARATIVE_KINDS else _check_value(r, bad)
+    _check_comparison_fields(r, bad)
     if r.kind == "implicit" and r.signal not in limits.implicit_signals:
         what = "required" if r.signal is None else f"unknown signal {r.signal!r}"
         bad("signal", f"{what} for kind 'implicit'; one of {', '.join(limits.implicit_signals)}")
@@ -302,7 +357,68 @@ def clean_rating(r: RatingIn, limits: Limits, path: str = "", interaction_id: st
         interaction_id=iid, rater_id=r.rater_id, source=r.source, kind=r.kind, aspect=aspect, value=value,
         scale_min=scale[0] if scale else None, scale_max=scale[1] if scale else None, signal=r.signal,
         text=r.text, created_at=utc(r.created_at), idempotency_key=r.idempotency_key, id=r.id, path=path,
+        other_interaction_id=r.other_interaction_id, strength=None if r.strength is None else float(r.strength),
+        ranking=[list(tier) for tier in r.ranking] if r.ranking is not None else None,
     ), []
+
+
+def _check_comparison_fields(r: RatingIn, bad: Any) -> None:
+    """The comparison fields belong to their kind only."""
+    if r.kind != "preference":
+        for name in ("other_interaction_id", "strength"):
+            if getattr(r, name) is not None:
+                bad(name, f"only kind 'preference' has {name}, not kind {r.kind!r}")
+    if r.kind != "rank" and r.ranking is not None:
+        bad("ranking", f"only kind 'rank' has a ranking, not kind {r.kind!r}")
+
+
+def _check_comparison(r: RatingIn, iid: str | None, bad: Any) -> tuple[float | None, None]:
+    """A preference's value (+1 a, -1 b, 0 tie) or a rank's tiers; reports problems through `bad`."""
+    if r.scale is not None:
+        bad("scale", f"a {r.kind} has no scale")
+    if r.kind == "rank":
+        if r.value is not None:
+            bad("value", "a rank has no value: its ranking says it, best first")
+        _check_ranking(r.ranking, iid, bad)
+        return None, None
+    if r.other_interaction_id is None:
+        bad("other_interaction_id", "required for kind 'preference': the answer compared with interaction_id's")
+    elif r.other_interaction_id == iid:
+        bad("other_interaction_id", f"{iid!r} is interaction_id itself; compare two answers")
+    value = PREFERENCE_VALUES.get(r.value) if isinstance(r.value, str) else None
+    if value is None:
+        bad("value", f"a preference is 'a', 'b' or 'tie' (a: interaction_id's answer is better), got {_short(r.value)}")
+    s = r.strength
+    if s is not None and not (math.isfinite(s) and 0 < s <= 1):
+        bad("strength", f"{_short(s)} is not in (0, 1]")
+    elif s is not None and value == 0.0:
+        bad("strength", "a tie has no strength; leave it out")
+    return value, None
+
+
+def _check_ranking(ranking: list[list[str]] | None, iid: str | None, bad: Any) -> None:
+    if ranking is None:
+        bad("ranking", 'required for kind \'rank\': tiers of interaction ids, best first, e.g. [["id1"], ["id2"]]')
+        return
+    seen: set[str] = set()
+    problems = 0
+    for i, tier in enumerate(ranking):
+        if not tier:
+            bad(f"ranking[{i}]", "an empty tier; leave it out")
+            problems += 1
+        for j, x in enumerate(tier):
+            if x in seen:
+                bad(f"ranking[{i}][{j}]", f"lists {x!r} twice; an answer has one place (tied answers share a tier)")
+                problems += 1
+            seen.add(x)
+    if problems:
+        return
+    if len(seen) < 2:
+        bad("ranking", f"ranks {len(seen)} answer; a rank needs at least 2")
+    elif len(seen) > MAX_RANKED:
+        bad("ranking", f"ranks {len(seen)} answers; the limit is {MAX_RANKED}")
+    elif iid is not None and iid not in seen:
+        bad("ranking", f"does not list {iid!r}, the interaction it rates")
 
 
 def _check_value(r: RatingIn, bad: Any) -> tuple[float | None, tuple[float, float] | None]:
@@ -371,12 +487,17 @@ def clean_interaction(
     inter = CleanInteraction(id=iid, created_at=utc(raw.created_at), content_hash=content_hash,
                              **content)  # type: ignore[arg-type]
     for i, r in enumerate(raw.ratings):
-        if r.interaction_id is not None and raw.id is not None and r.interaction_id != raw.id:
+        comparison = r.kind in COMPARATIVE_KINDS  # may sit on the line of any answer it compares
+        if not comparison and r.interaction_id is not None and raw.id is not None and r.interaction_id != raw.id:
             errors.append(FieldError(f"ratings[{i}].interaction_id",
                                      f"{r.interaction_id!r} is not this line's id {raw.id!r}; leave it out"))
             continue
         rating, errs = clean_rating(r, limits, f"ratings[{i}]", interaction_id=iid)
         errors += errs
-        if rating is not None:
+        if rating is not None and iid not in rating.compared:
+            errors.append(FieldError(f"ratings[{i}].interaction_id",
+                                     f"a comparison on this line must compare its interaction {iid!r}; it compares "
+                                     + ", ".join(repr(x) for x in rating.compared)))
+        elif rating is not None:
             inter.ratings.append(rating)
     return (None, errors) if errors else (inter, [])

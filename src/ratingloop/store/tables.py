@@ -107,6 +107,22 @@ class Rating(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     idempotency_key: Mapped[str] = mapped_column(String(256))
     body_hash: Mapped[str] = mapped_column(String(64))  # same key + same body = replay, else conflict
+    # comparisons (every answer one names is also in compared_interactions): a preference's value is +1 when
+    # interaction_id's answer won, -1 when other_interaction_id's did, 0 a tie; a rank's value is None
+    other_interaction_id: Mapped[str | None] = mapped_column(ID)  # preference: answer b
+    strength: Mapped[float | None] = mapped_column(Float)  # preference: in (0, 1], None when not said
+    ranking: Mapped[list[list[str]] | None] = mapped_column(Json)  # rank: tiers of interaction ids, best first
+
+
+class ComparedInteraction(Base):
+    """Every interaction a comparison (a preference or a rank) names, its own included: how the store finds
+    the comparisons of an answer (a user's deletion takes them along). Written with the rating, never changed."""
+
+    __tablename__ = "compared_interactions"
+
+    rating_id: Mapped[str] = mapped_column(ForeignKey("ratings.id", ondelete="CASCADE"), primary_key=True)
+    interaction_id: Mapped[str] = mapped_column(ID, ForeignKey("interactions.id", ondelete="CASCADE"),
+                                                primary_key=True, index=True)
 
 
 class Rater(Base):
@@ -312,6 +328,7 @@ class LoopStep(Base):
 # The tables as Core objects, for the write path's bulk statements.
 interactions: Table = Interaction.__table__  # type: ignore[assignment]
 ratings: Table = Rating.__table__  # type: ignore[assignment]
+compared_interactions: Table = ComparedInteraction.__table__  # type: ignore[assignment]
 raters: Table = Rater.__table__  # type: ignore[assignment]
 deleted_users: Table = DeletedUser.__table__  # type: ignore[assignment]
 model_versions: Table = ModelVersion.__table__  # type: ignore[assignment]

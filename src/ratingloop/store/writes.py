@@ -9,6 +9,10 @@ Idempotency: every rating has an idempotency key (the client's, one derived from
 content, or ``auto:<id>``). The same key with the same body is a replay (200, the original rating);
 the same key with a different body is a conflict (409). An interaction id works the same way.
 
+Comparisons (a preference, a rank) name several answers: each must exist (404), answer the same prompt
+as the rating's own (422: the same messages), and, sent with a feedback token, have been served to the
+token's own user (403). Every answer one names gets a `compared_interactions` row.
+
 Tombstones: a deleted user's earlier data is refused (410). Tombstones name users by `user_hash`, an
 HMAC keyed by the server's secret (`Settings.feedback_secret()`), so every writer passes that key as
 `user_key`; tombstones from before migration 0004 hold the plain SHA-256 and are checked as well.
@@ -30,7 +34,7 @@ from ulid import ULID
 from ratingloop.errors import FieldError
 from ratingloop.store import tables as t
 from ratingloop.store.db import unavailable, write_transaction
-from ratingloop.store.records import CleanInteraction, CleanRating, canonical_hash
+from ratingloop.store.records import COMPARATIVE_KINDS, CleanInteraction, CleanRating, canonical_hash
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,7 @@ class _Staged:
 class _Snapshot:
     """What the database holds for the ids and keys these units mention, plus what they add."""
 
-    interactions: dict[str, dict[str, Any]]  # id -> {content_hash, user_id}
+    interactions: dict[str, dict[str, Any]]  # id -> {content_hash, user_id}, and messages for compared ones
     ratings_by_key: dict[tuple[str, str], dict[str, Any]]  # (interaction id, idempotency key) -> row
     rating_ids: set[str]
     tombstones: dict[str, datetime]  # user id -> when they were deleted (only the people these units name)
@@ -146,6 +150,8 @@ class _Snapshot:
     @classmethod
     def load(cls, conn: Connection, units: Sequence[WriteUnit], user_key: bytes) -> _Snapshot:
         iids = {i.id for u in units for i in u.interactions} | {r.interaction_id for u in units for r in u.ratings}
+        compared = {x for u in units for r in _ratings(u) if r.kind in COMPARATIVE_KINDS for x in r.compared}
+        iids |= compared
         keys = {r.idempotency_key for u in units for r in _ratings(u) if r.idempotency_key}
         rids = {r.id for u in units for r in _ratings(u) if r.id}
         people = {i.user_id for u in units for i in u.interactions if i.user_id}
@@ -154,6 +160,8 @@ class _Snapshot:
             row.id: {"content_hash": row.content_hash, "user_id": row.user_id}
             for row in _run_in(conn, _SELECT_INTERACTIONS, iids)
         }
+        for row in _run_in(conn, _SELECT_MESSAGES, compared):  # a comparison's answers share one prompt
+            interactions[row.id]["messages"] = row.messages
         people |= {i["user_id"] for i in interactions.values() if i["user_id"]}  # askers rate by default
         by_key = {(row.interaction_id, row.idempotency_key): row._asdict()
                   for row in _run_in(conn, _SELECT_RATINGS_BY_KEY, keys)}
@@ -173,7 +181,8 @@ class _Snapshot:
 
     def commit(self, staged: _Staged) -> None:
         for iid, row in staged.interactions.items():
-            self.interactions[iid] = {"content_hash": row["content_hash"], "user_id": row["user_id"]}
+            self.interactions[iid] = {"content_hash": row["content_hash"], "user_id": row["user_id"],
+                                      "messages": row["messages"]}
             self.new_interactions.append(row)
         for key, row in staged.ratings.items():
             self.ratings_by_key[key] = row
@@ -189,6 +198,10 @@ class _Snapshot:
             raters = {r["rater_id"] for r in self.new_ratings}
             _insert_missing(conn, t.raters, [{"id": r, "first_seen_at": now} for r in sorted(raters)])
             conn.execute(_INSERT_RATINGS, self.new_ratings)
+            links = [{"rating_id": r["id"], "interaction_id": iid} for r in self.new_ratings
+                     if r["kind"] in COMPARATIVE_KINDS for iid in compared_ids(r)]
+            if links:
+                conn.execute(_INSERT_COMPARED, links)
 
 
 def find_tombstones(conn: Connection, people: Iterable[str], user_key: bytes) -> dict[str, datetime]:
@@ -201,6 +214,13 @@ def find_tombstones(conn: Connection, people: Iterable[str], user_key: bytes) ->
         person = by_hash[row.user_hash]
         found[person] = max(row.deleted_at, found.get(person, row.deleted_at))
     return found
+
+
+def compared_ids(row: Any) -> list[str]:
+    """Every interaction a stored comparison names, its own first (a rating row or mapping)."""
+    if row["ranking"] is not None:
+        return [row["interaction_id"], *[x for tier in row["ranking"] for x in tier if x != row["interaction_id"]]]
+    return [row["interaction_id"], row["other_interaction_id"]]
 
 
 def _ratings(unit: WriteUnit) -> Iterator[CleanRating]:
@@ -261,6 +281,11 @@ def _judge_rating(r: CleanRating, unit: WriteUnit, view: _Snapshot, staged: _Sta
         bad("interaction_id", f"no interaction {r.interaction_id!r}; log it first (POST /v1/interactions)", 404)
         return None
     asker = inter["user_id"] or f"anon:{r.interaction_id}"
+    refused = list(_judge_compared(r, inter, vouched, view, staged))
+    for name, reason, status in refused:
+        bad(name, reason, status)
+    if refused:
+        return None
     if not vouched and r.rater_id not in (None, asker):
         bad("rater_id", "a feedback token rates as the interaction's own user; "
                         "only the admin key may name another rater", 403)
@@ -272,8 +297,10 @@ def _judge_rating(r: CleanRating, unit: WriteUnit, view: _Snapshot, staged: _Sta
                         "their earlier ratings are not accepted again", 410)
         return None
     source = "end_user" if not vouched else (r.source or "end_user")
-    body_hash = canonical_hash([r.interaction_id, rater, source, r.kind, r.aspect, r.value, r.scale_min,
-                                r.scale_max, r.signal, r.text])
+    body = [r.interaction_id, rater, source, r.kind, r.aspect, r.value, r.scale_min, r.scale_max, r.signal, r.text]
+    if r.kind in COMPARATIVE_KINDS:  # appended, so the hashes of the other kinds' stored rows stay valid
+        body += [r.other_interaction_id, r.strength, r.ranking]
+    body_hash = canonical_hash(body)
     rid = r.id or new_id()
     key = (r.interaction_id, r.idempotency_key or f"auto:{rid}")
     seen = staged.ratings.get(key) or view.ratings_by_key.get(key)
@@ -298,11 +325,31 @@ def _judge_rating(r: CleanRating, unit: WriteUnit, view: _Snapshot, staged: _Sta
         "source": source, "kind": r.kind, "aspect": r.aspect,
         "value": r.value, "scale_min": r.scale_min, "scale_max": r.scale_max, "signal": r.signal,
         "text": r.text, "created_at": r.created_at or now, "idempotency_key": key[1], "body_hash": body_hash,
+        "other_interaction_id": r.other_interaction_id, "strength": r.strength, "ranking": r.ranking,
     }
     staged.ratings[key] = row
     staged.rating_ids.add(rid)
     staged.per_rater[pair] = staged.per_rater.get(pair, 0) + 1
     return row, 201
+
+
+def _judge_compared(r: CleanRating, inter: dict[str, Any], vouched: bool, view: _Snapshot,
+                    staged: _Staged) -> Iterator[tuple[str, str, int]]:
+    """(field, reason, status) for each answer a comparison names that it may not: unknown, another prompt's,
+    or, for a feedback token, not served to the token's own user."""
+    if r.kind not in COMPARATIVE_KINDS:
+        return
+    prompt = canonical_hash(inter["messages"])
+    for name, iid in r.compared_fields():
+        other = staged.interactions.get(iid) or view.interactions.get(iid)
+        if other is None:
+            yield name, f"no interaction {iid!r}; log it first (POST /v1/interactions), or in a file put the " \
+                        "comparison on the line of the answer that comes last", 404
+        elif canonical_hash(other["messages"]) != prompt:
+            yield name, f"{iid!r} answers another prompt than {r.interaction_id!r}; compare answers to one prompt", 422
+        elif not vouched and (inter["user_id"] is None or other["user_id"] != inter["user_id"]):
+            yield name, f"{iid!r} was not served to this token's user; a feedback token compares only answers " \
+                        "served to its own user", 403
 
 
 # The write path's statements, built once at import and reused: a reused statement object keeps
@@ -311,6 +358,7 @@ def _judge_rating(r: CleanRating, unit: WriteUnit, view: _Snapshot, staged: _Sta
 _VALUES: Any = bindparam("values", expanding=True)
 _SELECT_INTERACTIONS = select(t.interactions.c.id, t.interactions.c.content_hash, t.interactions.c.user_id).where(
     t.interactions.c.id.in_(_VALUES))
+_SELECT_MESSAGES = select(t.interactions.c.id, t.interactions.c.messages).where(t.interactions.c.id.in_(_VALUES))
 _SELECT_RATINGS_BY_KEY = select(t.ratings).where(t.ratings.c.idempotency_key.in_(_VALUES))
 _COUNT_PER_RATER = select(t.ratings.c.interaction_id, t.ratings.c.rater_id, func.count().label("n")).where(
     t.ratings.c.interaction_id.in_(_VALUES)).group_by(t.ratings.c.interaction_id, t.ratings.c.rater_id)
@@ -319,6 +367,7 @@ _SELECT_TOMBSTONES = select(t.deleted_users.c.user_hash, t.deleted_users.c.delet
     t.deleted_users.c.user_hash.in_(_VALUES))
 _INSERT_INTERACTIONS = insert(t.interactions)
 _INSERT_RATINGS = insert(t.ratings)
+_INSERT_COMPARED = insert(t.compared_interactions)
 _INSERT_MISSING: dict[tuple[str, str], Any] = {}  # (dialect, table) -> INSERT ... ON CONFLICT DO NOTHING
 
 
