@@ -152,6 +152,69 @@ def test_unknown_fields_end_up_in_tags(db_url: str, tmp_path: Path) -> None:
     assert tags == {"product": "chat"}
 
 
+VOTES: list[dict[str, Any]] = [
+    {"id": "v-1", "messages": [{"role": "user", "content": "Is A better?"}], "response": "Yes.", "user_id": "asker",
+     "created_at": "2026-11-01T10:00:00Z",
+     "ratings": [{"kind": "thumbs", "value": 1}, {"kind": "thumbs", "value": 1}, {"kind": "thumbs", "value": -1},
+                 {"kind": "thumbs", "value": 1}, {"rater_id": "r1", "kind": "thumbs", "value": 1},
+                 {"kind": "thumbs", "value": -1, "idempotency_key": "own-key"}]},
+    {"id": "v-2", "messages": [{"role": "user", "content": "And B?"}], "response": "No.",
+     "created_at": "2026-11-01T10:01:00Z", "ratings": [{"kind": "stars", "value": 4}]},
+]
+
+
+def rater_counts(url: str) -> dict[str, int]:
+    with open_engine(url).connect() as conn:
+        return dict(conn.execute(select(Rating.rater_id, func.count()).group_by(Rating.rater_id)).all())
+
+
+def test_identical_votes_without_rater_or_key_are_reported_where_they_collapse(db_url: str, tmp_path: Path) -> None:
+    f = write_jsonl(tmp_path / "votes.jsonl", VOTES)
+    result = cli("import", str(f), "--db", db_url)
+    assert result.exit_code == 0, result.output  # a warning, not a bad line
+    assert result.stderr.count("warning") == 1
+    assert ("line 1: warning: 2 of its 6 ratings repeat another rating on the line exactly (no rater_id, no "
+            "idempotency_key) and were stored once") in " ".join(result.stderr.split())
+    assert "--votes-are-distinct" in result.stderr
+    # three identical thumbs up were one rating of the asker; the thumbs down, r1's and the keyed one stayed apart
+    assert rater_counts(db_url) == {"asker": 3, "r1": 1, "anon:v-2": 1}
+    report = json.loads(cli("import", str(f), "--db", fresh_db(tmp_path, "again"), "--json").stdout)
+    assert report["collapsed"] == [{"line": 1, "ratings": 2, "of": 6}]
+    assert (report["ratings_new"], report["ratings_existing"]) == (5, 2)
+
+
+def fresh_db(tmp_path: Path, name: str) -> str:
+    return f"sqlite:///{tmp_path / (name + '.db')}"
+
+
+def test_votes_are_distinct_gives_each_unattributed_vote_its_own_anonymous_rater(db_url: str, tmp_path: Path) -> None:
+    f = write_jsonl(tmp_path / "votes.jsonl", VOTES)
+    result = cli("import", str(f), "--db", db_url, "--votes-are-distinct", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["ratings_new"], report["ratings_existing"], report["collapsed"]) == (7, 0, [])
+    assert rater_counts(db_url) == {"anon:v-1#0": 1, "anon:v-1#1": 1, "anon:v-1#2": 1, "anon:v-1#3": 1, "r1": 1,
+                                    "anon:v-1#5": 1, "anon:v-2#0": 1}
+    assert stats(db_url)["raters"] == 7
+    # deterministic: the same file again adds nothing, and its export round-trips
+    again = json.loads(cli("import", str(f), "--db", db_url, "--votes-are-distinct", "--json").stdout)
+    assert (again["ratings_new"], again["ratings_existing"]) == (0, 7)
+    exported = tmp_path / "out.jsonl"
+    assert cli("export", "--out", str(exported), "--db", db_url).exit_code == 0
+    back = json.loads(cli("import", str(exported), "--db", fresh_db(tmp_path, "back"), "--json").stdout)
+    assert (back["ratings_new"], back["collapsed"]) == (7, [])
+    assert rater_counts(fresh_db(tmp_path, "back")) == rater_counts(db_url)
+
+
+def test_an_anonymous_rater_id_fits_the_column_whatever_the_interactions_id(db_url: str, tmp_path: Path) -> None:
+    line = {**VOTES[1], "id": "x" * 200, "ratings": [{"kind": "thumbs", "value": 1}, {"kind": "thumbs", "value": 1}]}
+    f = write_jsonl(tmp_path / "long.jsonl", [line])
+    assert cli("import", str(f), "--db", db_url).exit_code == 0
+    assert cli("import", str(f), "--db", db_url, "--votes-are-distinct").exit_code == 0
+    raters = rater_counts(db_url)
+    assert len(raters) == 3 and all(len(r) <= 200 and r.startswith("anon:") for r in raters)
+
+
 def test_import_missing_file_is_an_error(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "ratingloop.cli", "import", str(tmp_path / "nope.jsonl"),
                            "--db", f"sqlite:///{tmp_path / 's.db'}"], capture_output=True, text=True, timeout=60)

@@ -137,6 +137,9 @@ def import_(
     file: Annotated[str, typer.Argument(help="JSONL file (.gz too), or - for stdin")],
     db: Db = None,
     json_: Json = False,
+    votes_are_distinct: Annotated[bool, typer.Option(
+        "--votes-are-distinct", help="each rating without a rater_id is another person's vote (its own anonymous "
+        "rater), not the asker's; identical ones are then kept apart")] = False,
 ) -> None:
     """Load interactions with their ratings from JSONL; bad lines are reported and store nothing."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
@@ -154,7 +157,11 @@ def import_(
                                     TimeRemainingColumn(), console=err, transient=True) as bar:
         task = bar.add_task(f"importing {file}", total=size if not file.endswith(".gz") else None)
         report = import_lines(engine, f, limits, progress=lambda n: bar.advance(task, n),
-                              user_key=settings.feedback_secret())
+                              user_key=settings.feedback_secret(), votes_are_distinct=votes_are_distinct)
+    for number, n, of in report.collapsed:
+        err.print(f"[yellow]line {number}[/]: warning: {n} of its {of} ratings repeat "
+                  "another rating on the line exactly (no rater_id, no idempotency_key) and were stored once; if "
+                  "they are separate votes, import with --votes-are-distinct", highlight=False)
     if json_:
         out.print_json(json.dumps(report.as_dict()))
     else:
@@ -164,7 +171,9 @@ def import_(
         out.print(f"{report.lines} lines: {report.interactions_new} new interactions "
                   f"({report.interactions_existing} already stored), {report.ratings_new} new ratings "
                   f"({report.ratings_existing} already stored), {report.skipped_deleted} lines of deleted users "
-                  f"skipped, {len(report.bad)} bad lines", highlight=False)
+                  f"skipped, {len(report.bad)} bad lines"
+                  + (f", {sum(n for _, n, _ in report.collapsed)} ratings collapsed (warnings above)"
+                     if report.collapsed else ""), highlight=False)
     if report.bad:
         raise typer.Exit(1)
 

@@ -8,6 +8,12 @@ database objects to is reported like any other bad line. Ratings without an idem
 derived from their content, and interactions without an id get one derived from theirs, so importing
 a file twice adds nothing.
 
+Who rated: a rating without a `rater_id` is the interaction's asker's (its `user_id`, else `anon:<id>`).
+So identical ratings on one line without rater_id or key are one rating (one rater, one derived key):
+the report names each line where that happened and how many collapsed. `votes_are_distinct=True` says
+such ratings are votes of different people: each becomes the vote of its own anonymous rater,
+`anon:<interaction id>#<its position on the line>`, the same on every import of the file.
+
 Comparisons (a preference, a rank) name other interactions, which must be stored already or sit on an
 earlier line; export writes each comparison on the line of the last answer it names, with its own
 `interaction_id` when that is another line's, so export -> import never refers forward.
@@ -31,12 +37,13 @@ from ratingloop.store.db import driver_message, unavailable
 from ratingloop.store.records import (
     COMPARATIVE_KINDS,
     PREFERENCE_VALUES,
+    CleanInteraction,
     InteractionIn,
     Limits,
     clean_interaction,
     pydantic_errors,
 )
-from ratingloop.store.writes import WriteUnit, write_each
+from ratingloop.store.writes import WriteUnit, anonymous_rater, write_each
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,9 @@ class ImportReport:
     ratings_existing: int = 0
     skipped_deleted: int = 0  # lines of users who were deleted: never brought back, not an error
     bad: list[tuple[int, list[FieldError]]] = field(default_factory=list)
+    # (line, collapsed, of) for stored lines where `collapsed` of their `of` ratings repeated another one
+    # exactly without rater_id or key, and were stored once
+    collapsed: list[tuple[int, int, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,26 +70,36 @@ class ImportReport:
             "ratings_existing": self.ratings_existing, "skipped_deleted": self.skipped_deleted,
             "bad_lines": [{"line": n, "errors": [{"field": e.field, "reason": e.reason} for e in errs]}
                           for n, errs in self.bad],
+            "collapsed": [{"line": n, "ratings": k, "of": of} for n, k, of in self.collapsed],
         }
 
 
+@dataclass
+class _Line:
+    number: int
+    unit: WriteUnit
+    collapsed: int  # ratings that repeat another of the line's without rater_id or key
+
+
 def import_lines(engine: Engine, lines: Iterable[bytes], limits: Limits,
-                 progress: Callable[[int], None] | None = None, *, user_key: bytes) -> ImportReport:
+                 progress: Callable[[int], None] | None = None, *, user_key: bytes,
+                 votes_are_distinct: bool = False) -> ImportReport:
     """Import JSONL lines (bytes, without or with their newline); `progress(n_bytes)` after each chunk.
-    `user_key`: the server's secret, which tombstones are keyed with (store.writes.user_hash)."""
+    `user_key`: the server's secret, which tombstones are keyed with (store.writes.user_hash).
+    `votes_are_distinct`: each rating without a rater_id is its own anonymous rater's (the module's notes)."""
     report = ImportReport()
-    chunk: list[tuple[int, WriteUnit]] = []
+    chunk: list[_Line] = []
     chunk_bytes = 0
     for number, line in enumerate(lines, start=1):
         report.lines = number
         chunk_bytes += len(line)
         if not line.strip():
             continue
-        unit, errors = _parse_line(line, limits)
-        if unit is None:
+        parsed, errors = _parse_line(line, limits, votes_are_distinct)
+        if parsed is None:
             report.bad.append((number, errors))
         else:
-            chunk.append((number, unit))
+            chunk.append(_Line(number, WriteUnit(interactions=[parsed[0]]), parsed[1]))
         if len(chunk) >= CHUNK_LINES:
             _write_chunk(engine, chunk, report, user_key)
             chunk = []
@@ -93,7 +113,9 @@ def import_lines(engine: Engine, lines: Iterable[bytes], limits: Limits,
     return report
 
 
-def _parse_line(line: bytes, limits: Limits) -> tuple[WriteUnit | None, list[FieldError]]:
+def _parse_line(line: bytes, limits: Limits, votes_are_distinct: bool
+                ) -> tuple[tuple[CleanInteraction, int] | None, list[FieldError]]:
+    """The line's interaction with its ratings keyed, and how many of them collapse onto another."""
     try:
         data = orjson.loads(line)
     except orjson.JSONDecodeError as e:
@@ -107,21 +129,27 @@ def _parse_line(line: bytes, limits: Limits) -> tuple[WriteUnit | None, list[Fie
     inter, errors = clean_interaction(raw, limits, lambda content_hash: "i-" + content_hash[:26])
     if inter is None:
         return None, errors
-    for r in inter.ratings:
+    unkeyed: list[str] = []  # derived keys of the ratings that say neither who rated nor their key
+    for k, r in enumerate(inter.ratings):
+        if votes_are_distinct and r.rater_id is None:
+            r.rater_id = anonymous_rater(inter.id, k)
         if r.idempotency_key is None:
             basis: list[Any] = [r.interaction_id, r.rater_id, r.source, r.kind, r.aspect, r.value, r.scale_min,
                                 r.scale_max, r.signal, r.text, r.created_at.isoformat() if r.created_at else None]
             if r.kind in COMPARATIVE_KINDS:  # appended: the other kinds' keys stay what earlier imports derived
                 basis += [r.other_interaction_id, r.strength, r.ranking]
             r.idempotency_key = "import:" + hashlib.sha256(orjson.dumps(basis)).hexdigest()[:40]
-    return WriteUnit(interactions=[inter]), []
+            if r.rater_id is None:
+                unkeyed.append(r.idempotency_key)
+    return (inter, len(unkeyed) - len(set(unkeyed))), []
 
 
-def _write_chunk(engine: Engine, chunk: list[tuple[int, WriteUnit]], report: ImportReport, user_key: bytes) -> None:
+def _write_chunk(engine: Engine, chunk: list[_Line], report: ImportReport, user_key: bytes) -> None:
     if not chunk:
         return
-    results = write_each(engine, [unit for _, unit in chunk], user_key=user_key)
-    for (number, _), result in zip(chunk, results, strict=True):
+    results = write_each(engine, [line.unit for line in chunk], user_key=user_key)
+    for line, result in zip(chunk, results, strict=True):
+        number = line.number
         if isinstance(result, Exception):
             if unavailable(result):
                 raise StoreError(f"the database stopped answering at line {number}: {driver_message(result)}. "
@@ -135,6 +163,8 @@ def _write_chunk(engine: Engine, chunk: list[tuple[int, WriteUnit]], report: Imp
             else:
                 report.bad.append((number, result.errors))
             continue
+        if line.collapsed:
+            report.collapsed.append((number, line.collapsed, len(line.unit.interactions[0].ratings)))
         for _, status in result.interactions:
             if status == 201:
                 report.interactions_new += 1

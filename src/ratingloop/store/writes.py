@@ -80,6 +80,15 @@ def new_id() -> str:
     return str(ULID())
 
 
+def anonymous_rater(interaction_id: str, position: int | None = None) -> str:
+    """Who rated when nobody is named: `anon:<interaction id>`, the asker of an interaction logged without a
+    user_id; with a `position`, `anon:<interaction id>#<position>`, the vote at that place on its import line
+    (`import --votes-are-distinct`). Where that would not fit the column (200), the id's hash stands in for it."""
+    suffix = "" if position is None else f"#{position}"
+    name = f"anon:{interaction_id}{suffix}"
+    return name if len(name) <= 200 else f"anon:{hashlib.sha256(interaction_id.encode()).hexdigest()[:40]}{suffix}"
+
+
 def write_units(engine: Engine, units: Sequence[WriteUnit], *, user_key: bytes) -> list[UnitResult]:
     """Apply `units` in one transaction; `user_key` is the key tombstones are made with (`user_hash`).
     Another process may insert the same key between our read and our write; the unique index then
@@ -280,7 +289,7 @@ def _judge_rating(r: CleanRating, unit: WriteUnit, view: _Snapshot, staged: _Sta
     if inter is None:
         bad("interaction_id", f"no interaction {r.interaction_id!r}; log it first (POST /v1/interactions)", 404)
         return None
-    asker = inter["user_id"] or f"anon:{r.interaction_id}"
+    asker = inter["user_id"] or anonymous_rater(r.interaction_id)
     refused = list(_judge_compared(r, inter, vouched, view, staged))
     for name, reason, status in refused:
         bad(name, reason, status)
