@@ -38,9 +38,12 @@ from ratingloop.store.records import (
     COMPARATIVE_KINDS,
     PREFERENCE_VALUES,
     CleanInteraction,
+    CleanRating,
     InteractionIn,
     Limits,
+    RatingIn,
     clean_interaction,
+    clean_rating,
     pydantic_errors,
 )
 from ratingloop.store.writes import WriteUnit, anonymous_rater, write_each
@@ -62,23 +65,45 @@ class ImportReport:
     # (line, collapsed, of) for stored lines where `collapsed` of their `of` ratings repeated another one
     # exactly without rater_id or key, and were stored once
     collapsed: list[tuple[int, int, int]] = field(default_factory=list)
+    # where a record that is not a line of the file sits ("scores/1.jsonl line 3", "record 12"), by its number
+    places: dict[int, str] = field(default_factory=dict)
+
+    def place(self, number: int) -> str:
+        return self.places.get(number, f"line {number}")
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "lines": self.lines, "interactions_new": self.interactions_new,
             "interactions_existing": self.interactions_existing, "ratings_new": self.ratings_new,
             "ratings_existing": self.ratings_existing, "skipped_deleted": self.skipped_deleted,
-            "bad_lines": [{"line": n, "errors": [{"field": e.field, "reason": e.reason} for e in errs]}
-                          for n, errs in self.bad],
-            "collapsed": [{"line": n, "ratings": k, "of": of} for n, k, of in self.collapsed],
+            "bad_lines": [{"line": n, **self._where(n), "errors": [{"field": e.field, "reason": e.reason}
+                                                                  for e in errs]} for n, errs in self.bad],
+            "collapsed": [{"line": n, **self._where(n), "ratings": k, "of": of} for n, k, of in self.collapsed],
         }
+
+    def _where(self, number: int) -> dict[str, str]:
+        return {"where": self.places[number]} if number in self.places else {}
 
 
 @dataclass
-class _Line:
+class ImportRecord:
+    """One record of a file: the import lines it becomes, stored together or not at all (an importer of another
+    tool's format turns one of its records - an OASST tree, an HH pair - into several lines)."""
+
+    number: int  # its line in the file, or its position among the file's records (then `where` names it)
+    lines: list[Any] = field(default_factory=list)  # decoded import lines; a comparison names earlier ones only
+    ratings: list[Any] = field(default_factory=list)  # ratings (with interaction_id) of answers stored already
+    errors: list[FieldError] = field(default_factory=list)  # found before conversion: the record stores nothing
+    labels: list[str] | None = None  # what to call each line in messages ("chosen"); None: a line of this format
+    where: str | None = None  # how to name the record when it is not `line <number>` of the file
+    size: int = 1  # the progress it stands for (a JSONL line: its bytes)
+
+
+@dataclass
+class _Unit:
     number: int
     unit: WriteUnit
-    collapsed: int  # ratings that repeat another of the line's without rater_id or key
+    collapsed: int  # ratings that repeat another of the record's without rater_id or key
 
 
 def import_lines(engine: Engine, lines: Iterable[bytes], limits: Limits,
@@ -87,39 +112,83 @@ def import_lines(engine: Engine, lines: Iterable[bytes], limits: Limits,
     """Import JSONL lines (bytes, without or with their newline); `progress(n_bytes)` after each chunk.
     `user_key`: the server's secret, which tombstones are keyed with (store.writes.user_hash).
     `votes_are_distinct`: each rating without a rater_id is its own anonymous rater's (the module's notes)."""
+    return import_records(engine, (_decode(number, line) for number, line in enumerate(lines, start=1)), limits,
+                          progress, user_key=user_key, votes_are_distinct=votes_are_distinct)
+
+
+def import_records(engine: Engine, records: Iterable[ImportRecord], limits: Limits,
+                   progress: Callable[[int], None] | None = None, *, user_key: bytes,
+                   votes_are_distinct: bool = False) -> ImportReport:
+    """`import_lines` for records of several lines each (importers/): every record is judged whole and a bad one
+    stores nothing; `progress(n)` after each chunk with the records' summed `size`."""
     report = ImportReport()
-    chunk: list[_Line] = []
-    chunk_bytes = 0
-    for number, line in enumerate(lines, start=1):
-        report.lines = number
-        chunk_bytes += len(line)
-        if not line.strip():
-            continue
-        parsed, errors = _parse_line(line, limits, votes_are_distinct)
-        if parsed is None:
-            report.bad.append((number, errors))
-        else:
-            chunk.append(_Line(number, WriteUnit(interactions=[parsed[0]]), parsed[1]))
-        if len(chunk) >= CHUNK_LINES:
+    chunk: list[_Unit] = []
+    chunk_lines = chunk_size = 0
+    for record in records:
+        report.lines = max(report.lines, record.number)
+        if record.where is not None:
+            report.places[record.number] = record.where
+        chunk_size += record.size
+        unit, collapsed, errors = _parse_record(record, limits, votes_are_distinct)
+        if errors:
+            report.bad.append((record.number, errors))
+        elif unit is not None:
+            chunk.append(_Unit(record.number, unit, collapsed))
+            chunk_lines += len(unit.interactions) + len(unit.ratings)
+        if len(chunk) >= CHUNK_LINES or chunk_lines >= CHUNK_LINES:
             _write_chunk(engine, chunk, report, user_key)
-            chunk = []
+            chunk, chunk_lines = [], 0
             if progress:
-                progress(chunk_bytes)
-            chunk_bytes = 0
+                progress(chunk_size)
+            chunk_size = 0
     _write_chunk(engine, chunk, report, user_key)
     if progress:
-        progress(chunk_bytes)
+        progress(chunk_size)
     report.bad.sort(key=lambda item: item[0])
     return report
 
 
-def _parse_line(line: bytes, limits: Limits, votes_are_distinct: bool
+def _decode(number: int, line: bytes) -> ImportRecord:
+    if not line.strip():
+        return ImportRecord(number, size=len(line))
+    try:
+        return ImportRecord(number, [orjson.loads(line)], size=len(line))
+    except orjson.JSONDecodeError as e:
+        return ImportRecord(number, errors=[FieldError("line", f"not valid JSON: {e}")], size=len(line))
+
+
+def _parse_record(record: ImportRecord, limits: Limits, votes_are_distinct: bool
+                  ) -> tuple[WriteUnit | None, int, list[FieldError]]:
+    """The record as one write unit, with how many of its ratings collapse onto another, or what is wrong."""
+    if record.errors:
+        return None, 0, record.errors
+    if not record.lines and not record.ratings:
+        return None, 0, []  # a blank line
+    unit, collapsed, errors = WriteUnit(), 0, []
+    for k, data in enumerate(record.lines):
+        label = record.labels[k] if record.labels else None
+        parsed, errs = _parse_line(data, limits, votes_are_distinct)
+        if parsed is None:
+            errors += [e.within(label) for e in errs] if label else errs
+            continue
+        inter, n = parsed
+        if label:  # errors the write path finds name the line's label too
+            for r in inter.ratings:
+                r.path = f"{label}.{r.path}"
+        unit.interactions.append(inter)
+        collapsed += n
+    for k, data in enumerate(record.ratings):
+        rating, errs = _parse_rating(data, f"ratings[{k}]", limits)
+        errors += errs
+        if rating is not None:
+            unit.ratings.append(rating)
+    collapsed += _key(unit.ratings, votes_are_distinct, None)
+    return (None, 0, errors) if errors else (unit, collapsed, [])
+
+
+def _parse_line(data: Any, limits: Limits, votes_are_distinct: bool
                 ) -> tuple[tuple[CleanInteraction, int] | None, list[FieldError]]:
     """The line's interaction with its ratings keyed, and how many of them collapse onto another."""
-    try:
-        data = orjson.loads(line)
-    except orjson.JSONDecodeError as e:
-        return None, [FieldError("line", f"not valid JSON: {e}")]
     if not isinstance(data, dict):
         return None, [FieldError("line", f"expected a JSON object, got {type(data).__name__}")]
     try:
@@ -129,10 +198,29 @@ def _parse_line(line: bytes, limits: Limits, votes_are_distinct: bool
     inter, errors = clean_interaction(raw, limits, lambda content_hash: "i-" + content_hash[:26])
     if inter is None:
         return None, errors
+    return (inter, _key(inter.ratings, votes_are_distinct, inter.id)), []
+
+
+def _parse_rating(data: Any, path: str, limits: Limits) -> tuple[CleanRating | None, list[FieldError]]:
+    """A rating of an answer stored before (it names its interaction_id)."""
+    if not isinstance(data, dict):
+        return None, [FieldError(path, f"expected a JSON object, got {type(data).__name__}")]
+    try:
+        raw = RatingIn.model_validate(data)
+    except ValidationError as e:
+        return None, pydantic_errors(e, path)
+    if raw.interaction_id is None:
+        return None, [FieldError(f"{path}.interaction_id", "required for a rating outside an interaction's line")]
+    return clean_rating(raw, limits, path)
+
+
+def _key(ratings: list[CleanRating], votes_are_distinct: bool, owner: str | None) -> int:
+    """Give each rating without an idempotency key one derived from its content (and, with `votes_are_distinct`,
+    each rating without a rater its own anonymous rater); return how many of them collapse onto another."""
     unkeyed: list[str] = []  # derived keys of the ratings that say neither who rated nor their key
-    for k, r in enumerate(inter.ratings):
+    for k, r in enumerate(ratings):
         if votes_are_distinct and r.rater_id is None:
-            r.rater_id = anonymous_rater(inter.id, k)
+            r.rater_id = anonymous_rater(owner or r.interaction_id, k)
         if r.idempotency_key is None:
             basis: list[Any] = [r.interaction_id, r.rater_id, r.source, r.kind, r.aspect, r.value, r.scale_min,
                                 r.scale_max, r.signal, r.text, r.created_at.isoformat() if r.created_at else None]
@@ -141,19 +229,20 @@ def _parse_line(line: bytes, limits: Limits, votes_are_distinct: bool
             r.idempotency_key = "import:" + hashlib.sha256(orjson.dumps(basis)).hexdigest()[:40]
             if r.rater_id is None:
                 unkeyed.append(r.idempotency_key)
-    return (inter, len(unkeyed) - len(set(unkeyed))), []
+    return len(unkeyed) - len(set(unkeyed))
 
 
-def _write_chunk(engine: Engine, chunk: list[_Line], report: ImportReport, user_key: bytes) -> None:
+def _write_chunk(engine: Engine, chunk: list[_Unit], report: ImportReport, user_key: bytes) -> None:
     if not chunk:
         return
-    results = write_each(engine, [line.unit for line in chunk], user_key=user_key)
-    for line, result in zip(chunk, results, strict=True):
-        number = line.number
+    results = write_each(engine, [item.unit for item in chunk], user_key=user_key)
+    for item, result in zip(chunk, results, strict=True):
+        number = item.number
         if isinstance(result, Exception):
             if unavailable(result):
-                raise StoreError(f"the database stopped answering at line {number}: {driver_message(result)}. "
-                                 "Lines before it are stored; importing the file again adds only what is missing")
+                raise StoreError(f"the database stopped answering at {report.place(number)}: "
+                                 f"{driver_message(result)}. Lines before it are stored; importing the file "
+                                 "again adds only what is missing")
             report.bad.append((number, [FieldError("line", f"the database refused it ({type(result).__name__}: "
                                                            f"{driver_message(result)})")]))
             continue
@@ -163,8 +252,9 @@ def _write_chunk(engine: Engine, chunk: list[_Line], report: ImportReport, user_
             else:
                 report.bad.append((number, result.errors))
             continue
-        if line.collapsed:
-            report.collapsed.append((number, line.collapsed, len(line.unit.interactions[0].ratings)))
+        if item.collapsed:
+            rated = sum(len(i.ratings) for i in item.unit.interactions) + len(item.unit.ratings)
+            report.collapsed.append((number, item.collapsed, rated))
         for _, status in result.interactions:
             if status == 201:
                 report.interactions_new += 1
