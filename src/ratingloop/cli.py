@@ -4,7 +4,6 @@ and prints with rich. Results go to stdout (tables, or JSON with --json); logs a
 
 from __future__ import annotations
 
-import gzip
 import ipaddress
 import json
 import logging
@@ -134,56 +133,60 @@ def _is_loopback(host: str) -> bool:
 
 @app.command("import")
 def import_(
-    file: Annotated[str, typer.Argument(help="JSONL file (.gz too), or - for stdin")],
+    file: Annotated[str, typer.Argument(help="the file (.gz too; - for stdin; a folder for langfuse)")],
+    format: Annotated[str, typer.Option("--format", help="raw (ratingloop's JSONL), oasst, hh, pandalm, openai, "
+                                                         "langfuse, langsmith or openwebui")] = "raw",
+    maps: Annotated[Optional[list[str]], typer.Option(
+        "--map", help="NAME=KIND[:LOW-HIGH]: how a named score (langfuse, langsmith, oasst labels) becomes a "
+        "rating; KIND thumbs, stars, scale, comment, skip or an aspect, e.g. quality=stars:1-5")] = None,
     db: Db = None,
     json_: Json = False,
     votes_are_distinct: Annotated[bool, typer.Option(
         "--votes-are-distinct", help="each rating without a rater_id is another person's vote (its own anonymous "
         "rater), not the asker's; identical ones are then kept apart")] = False,
 ) -> None:
-    """Load interactions with their ratings from JSONL; bad lines are reported and store nothing."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    """Load interactions with their ratings (ratingloop's JSONL, or another tool's export with --format); bad
+    records are reported and store nothing."""
+    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from ratingloop.store import Limits
-    from ratingloop.store.jsonl import import_lines
+    from ratingloop.store.importers import import_file
 
     settings = _settings(db)
-    engine = _engine(db)
     limits = Limits(settings.aspects, settings.implicit_signals, settings.max_comment_chars)
-    size = None if file == "-" else Path(file).stat().st_size if Path(file).exists() else None
-    if file != "-" and size is None:
-        raise RatingloopError(f"{file}: no such file")
-    with _open(file) as f, Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                                    TimeRemainingColumn(), console=err, transient=True) as bar:
-        task = bar.add_task(f"importing {file}", total=size if not file.endswith(".gz") else None)
-        report = import_lines(engine, f, limits, progress=lambda n: bar.advance(task, n),
-                              user_key=settings.feedback_secret(), votes_are_distinct=votes_are_distinct)
-    for number, n, of in report.collapsed:
-        err.print(f"[yellow]line {number}[/]: warning: {n} of its {of} ratings repeat "
-                  "another rating on the line exactly (no rater_id, no idempotency_key) and were stored once; if "
-                  "they are separate votes, import with --votes-are-distinct", highlight=False)
-    if json_:
-        out.print_json(json.dumps(report.as_dict()))
-    else:
-        for number, errors in report.bad:
-            for e in errors:
-                err.print(f"[red]line {number}[/]: {e.field}: {e.reason}", highlight=False)
-        out.print(f"{report.lines} lines: {report.interactions_new} new interactions "
-                  f"({report.interactions_existing} already stored), {report.ratings_new} new ratings "
-                  f"({report.ratings_existing} already stored), {report.skipped_deleted} lines of deleted users "
-                  f"skipped, {len(report.bad)} bad lines"
-                  + (f", {sum(n for _, n, _ in report.collapsed)} ratings collapsed (warnings above)"
-                     if report.collapsed else ""), highlight=False)
+    by_bytes = format == "raw" and file != "-" and not file.endswith(".gz") and Path(file).is_file()
+    counter = DownloadColumn() if by_bytes else MofNCompleteColumn()
+    with Progress("[progress.description]{task.description}", BarColumn(), counter, TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task(f"importing {file}", total=Path(file).stat().st_size if by_bytes else None)
+        report, notes = import_file(_engine(db), file, format, limits, user_key=settings.feedback_secret(),
+                                    maps=maps or [], votes_are_distinct=votes_are_distinct,
+                                    progress=lambda n: bar.advance(task, n))
+    _print_import(report, notes, "lines" if format == "raw" else "records", json_)
     if report.bad:
         raise typer.Exit(1)
 
 
-def _open(file: str) -> IO[bytes]:
-    if file == "-":
-        return sys.stdin.buffer
-    if file.endswith(".gz"):
-        return gzip.open(file, "rb")  # type: ignore[return-value]
-    return open(file, "rb")
+def _print_import(report: Any, notes: list[str], unit: str, json_: bool) -> None:
+    for number, n, of in report.collapsed:
+        where = "on the line" if unit == "lines" else "in the record"
+        err.print(f"[yellow]{report.place(number)}[/]: warning: {n} of its {of} ratings repeat another rating {where} "
+                  "exactly (no rater_id, no idempotency_key) and were stored once; if they are separate votes, "
+                  "import with --votes-are-distinct", highlight=False)
+    for note in notes:
+        err.print(f"[yellow]note[/]: {escape(note)}", highlight=False)
+    if json_:
+        out.print_json(json.dumps(report.as_dict() | ({"notes": notes} if notes else {})))
+        return
+    for number, errors in report.bad:
+        for e in errors:
+            err.print(f"[red]{report.place(number)}[/]: {escape(e.field)}: {escape(e.reason)}", highlight=False)
+    out.print(f"{report.lines} {unit}: {report.interactions_new} new interactions "
+              f"({report.interactions_existing} already stored), {report.ratings_new} new ratings "
+              f"({report.ratings_existing} already stored), {report.skipped_deleted} {unit} of deleted users "
+              f"skipped, {len(report.bad)} bad {unit}"
+              + (f", {sum(n for _, n, _ in report.collapsed)} ratings collapsed (warnings above)"
+                 if report.collapsed else ""), highlight=False)
 
 
 @app.command()
