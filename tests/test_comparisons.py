@@ -1,6 +1,6 @@
 """Comparative ratings - `preference` (two answers to one prompt) and `rank` (several, best first, ties allowed) -
 through validation, the write path and its token rules, the API, import and export, stats, privacy deletion and
-the latest-comparison rule; and the signals stage and the builders, which ignore them for now. Both databases."""
+the latest-comparison rule; and the signals stage, which counts them. Both databases."""
 
 from __future__ import annotations
 
@@ -443,7 +443,7 @@ def test_import_refuses_a_comparison_of_a_later_line_or_another_prompt(db_url: s
     assert (report["interactions_new"], report["ratings_new"]) == (1, 0)  # q-2 alone
 
 
-# -- the signals stage and the builders ignore comparisons, for now -----------------------------------------------
+# -- the signals stage reads comparisons ---------------------------------------------------------------------------
 
 def with_comparisons(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     extra = {"good-5": [{"rater_id": "r1", "kind": "preference", "other_interaction_id": "bad-5", "value": "a"}],
@@ -452,20 +452,19 @@ def with_comparisons(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [dict(x, ratings=x["ratings"] + extra.get(x["id"], [])) for x in lines]
 
 
-def test_signals_and_builds_are_unchanged_by_comparisons(db_url: str, tmp_path: Path) -> None:
+def test_signals_count_comparisons_as_ratings_of_every_answer_they_name(db_url: str, tmp_path: Path) -> None:
     plain = store_with(f"sqlite:///{tmp_path / 'plain.db'}", CASES, signals=False)
     compared = store_with(db_url, with_comparisons(CASES), signals=False)
     runs = [record_signals(engine) for engine in (plain, compared)]
-    assert runs[0].summary["n_ratings"] == runs[1].summary["n_ratings"]
+    assert runs[1].summary["n_ratings"] == runs[0].summary["n_ratings"] + 3
+    assert runs[1].summary["n_counted"] == runs[0].summary["n_counted"] + 3
     rewards = [{s.interaction_id: (s.reward, s.n_ratings) for s in load_signals(e).interactions}
                for e in (plain, compared)]
     assert rewards[0].keys() == rewards[1].keys() and len(rewards[0]) == len(CASES)
-    for iid, (reward, n) in rewards[0].items():
-        assert rewards[1][iid] == (pytest.approx(reward, abs=1e-9), n)
-    for fmt in ("dpo", "sft", "kto", "reward"):
-        built = [build_dataset(e, fmt, tmp_path / name / fmt, BuildConfig())
-                 for e, name in ((plain, "plain"), (compared, "compared"))]
-        assert built[1].content_hash == built[0].content_hash, fmt
-        assert (built[1].n_train, built[1].n_eval) == (built[0].n_train, built[0].n_eval)
-        assert len(built[1].manifest["rating_ids"]) == len(built[0].manifest["rating_ids"])
-        assert built[1].warnings == built[0].warnings  # no "ratings arrived after the signals run"
+    more = {"good-5": 1, "bad-5": 1, "good-1": 2, "good-1-again": 1, "bad-1": 2}  # each comparison naming it
+    assert {iid: n - rewards[0][iid][1] for iid, (_, n) in rewards[1].items()} == {
+        iid: more.get(iid, 0) for iid in rewards[0]}
+    assert rewards[1]["good-5"][0] > rewards[1]["bad-5"][0]
+    for fmt in ("dpo", "sft", "kto", "reward"):  # the run read every rating, comparisons too: nothing is stale
+        built = build_dataset(compared, fmt, tmp_path / "compared" / fmt, BuildConfig())
+        assert not [w for w in built.warnings if "arrived after" in w]

@@ -109,7 +109,8 @@ def _now() -> datetime:
 # --- records ---------------------------------------------------------------------------------------
 
 def usable_ratings(engine: Engine) -> tuple[int, datetime | None]:
-    """How many ratings people gave (judge ratings, which `label` writes, never start a round) and the newest's time."""
+    """How many ratings people gave (judge ratings, which `label` writes, never start a round) and the newest's time.
+    Comparisons count: the signals step fits them, as `signals.ratings_since` counts them for a build."""
     r = t.ratings.c
     with engine.connect() as conn:
         n, newest = conn.execute(select(func.count(), func.max(r.created_at)).where(r.source != "judge")).one()

@@ -2,7 +2,8 @@
 
 normalise.py     every kind of rating as a reward in [-1, 1] (raw values kept in the store)
 observations.py  latest rating per rater/interaction/aspect; aspects combined into overall
-raters.py        the rater model: quality, rater offset/scale/noise, thumbs and stars jointly
+raters.py        the rater model: quality, rater offset/scale/noise, thumbs, stars and comparisons jointly
+comparisons.py   preferences and ranks as Thurstone pairs (ties by each rater's threshold), their arithmetic
 trolls.py        inverters, random raters, constant floods, topic-targeted inverters: flag, refit
 scales.py        each rater's scale from their own ratings: what the troll classes are compared on
 evidence.py      Bayes factors between rater classes (honest, inverter, random, topic inverter)

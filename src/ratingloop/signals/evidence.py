@@ -51,7 +51,7 @@ def _log_rss(rss: np.ndarray, dof: np.ndarray, s0: float, nu: float = _NU) -> np
     return 0.5 * nu * np.log(nu * s0) - 0.5 * (dof + nu) * np.log(rss + nu * s0)
 
 
-def class_evidence(sc: Scales, mu_a: float, s2_0: float, n: np.ndarray, thumbs_only: np.ndarray, iters: int = 30,
+def class_evidence(sc: Scales, mu_a: float, s2_0: float, n: np.ndarray, group: np.ndarray, iters: int = 30,
                    prior_counts: tuple[float, ...] = (10.0, 1.0, 1.0, 1.0), min_log_sd: float = 0.1) -> ClassEvidence:
     """Class log-likelihoods per rater, then the class shares by EM.
 
@@ -82,10 +82,12 @@ def class_evidence(sc: Scales, mu_a: float, s2_0: float, n: np.ndarray, thumbs_o
                     - np.log(2.0) - _log_rss(sc.rss, sc.dof, s2_0))
     log_w = np.log(np.gradient(np.log(_GRID)))  # integration weights in log a
     # A thumbs-only rater's a is known only relative to the population noise their probit assumes, so
-    # their honest scales spread differently from star raters': one log-normal per group.
+    # their honest scales spread differently from star raters': one log-normal per `group` (raters with
+    # stars; with thumbs only; comparing, without stars: `trolls.find_trolls` says which).
     m_pos, m_neg = np.zeros(len(x)), np.zeros(len(x))
     log_sd = 0.0
-    for grp in (thumbs_only, ~thumbs_only):
+    for g in [*(k for k in np.unique(group).tolist() if k != 0), 0]:  # the stars' spread reported (last)
+        grp = group == g
         centre, log_sd = _honest_log_normal(x[grp], v[grp], *_honest_log_normal(x, v, min_sd=min_log_sd),
                                             min_sd=min_log_sd)
         dens = -0.5 * ((np.log(_GRID) - centre) / log_sd) ** 2 + log_w

@@ -7,6 +7,8 @@ scale, implicit signal, comment text, arrival order) and writes `Observations`:
   aspects are combined with `aspect_weights` into one overall reward.
 - weak: implicit signals, comment sentiment and corrections; they nudge quality, never rater params.
 - aspect: per-aspect rewards, kept so each interaction also gets a reward per aspect.
+- comparisons: preferences and ranks as pairs (`signals.comparisons`): observations of the difference in
+  quality of two answers, fitted with the main channel.
 Only the latest rating counts per (rater, interaction, aspect, channel): a later rating supersedes
 an earlier one, as DESIGN.md's store section says; history stays in the store. `latest` is the one
 definition of that rule: the ratings it keeps (flagged raters' left out) are what a signals run
@@ -20,6 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ratingloop.signals.comparisons import Comparisons, RawComparisons, as_pairs
 from ratingloop.signals.normalise import KIND_CODE, RATING_KINDS, ImplicitRewards, rewards
 
 DEFAULT_ASPECT_WEIGHTS = {"relevance": 1.0, "accuracy": 1.0, "helpfulness": 1.0}
@@ -42,6 +45,7 @@ class RawRatings:
     signal: Sequence[str | None] | None = None
     text: Sequence[str | None] | None = None
     order: np.ndarray | None = None  # arrival rank; default: row order
+    comparisons: RawComparisons | None = None  # preferences and ranks that count (latest already), same indices
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Observations:
     # (m,) main channel: rounding variance of each Gaussian rating in reward units, step^2 / 12 for a
     # discrete scale (1-5 stars: step 0.5 -> 0.0208), 0 for thumbs and continuous values; None = all 0
     quant_var: np.ndarray | None = None
+    comparisons: Comparisons = field(default_factory=Comparisons)  # one row per implied pair (signals.comparisons)
 
 
 def observations(
@@ -112,6 +117,7 @@ def observations(
         aspects=raw.aspects, n_superseded=len(raw.kind) - len(keep),
         quant_var=np.concatenate([np.where(kind[overall] == KIND_CODE["thumbs"], 0.0, qv[overall]),
                                   combined_qv[ok]]),
+        comparisons=as_pairs(raw.comparisons, raw.aspects, aspect_weights),
     )
 
 

@@ -10,6 +10,8 @@ reviewer calibration (Paul 1981; Flach et al. 2010):
     y*_ri = a_r q_i + b_r + e,  e ~ N(0, s2_r)    what rater r perceives, in reward units
     stars / scale / aspects: the reward is y*  (Gaussian)
     thumbs: up iff y* > 0                    (probit; Albert-Chib augmentation, truncated-normal E-step)
+    comparisons of i and j: d = a_r (q_i - q_j) + e, e ~ N(0, 2 s2_r); i preferred iff d > delta_r, a tie
+                             iff |d| <= delta_r   (signals.comparisons: the same augmentation; no offset)
     a_r ~ N(mu_a, (tau_a_rel mu_a)^2),  b_r ~ N(mu_b, tau_b^2),  s2_r ~ scaled-inv-chi2(nu, s2_0)
 
 a_r is the rater's scale (how strongly quality moves their rating; negative = inverted), b_r their
@@ -34,11 +36,12 @@ rater's noise stays at the population's s2_0 (a probit fixes a and b only relati
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import erfcx
 
+from ratingloop.signals import comparisons as cmp
 from ratingloop.signals.observations import Observations
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,15 @@ class RaterFit:
     v_cav: np.ndarray  # (m,) per rating: Var[q | all but this rating]
     info: np.ndarray  # (m,) per rating: observed information weight (1 for stars, < 1 for a thumbs)
     em_var: np.ndarray | None = None  # (n_items,) the EM's working variance (thumbs as augmented y*), for warm starts
+    # per comparison pair (`obs.comparisons`, signals.comparisons): E[d | outcome], what the others say about
+    # q_first - q_second (mean, variance), its information weight; the cavities and each rater's tie threshold
+    # (reward units), for warm starts
+    cmp_z: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cmp_m_cav: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cmp_v_cav: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cmp_info: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cmp_cav: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    tie_delta: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def reward(self) -> np.ndarray:
         """What a typical, calibrated rater would give, in [-1, 1]: mu_a * q + mu_b."""
@@ -122,6 +134,9 @@ def fit_raters(
     m0 = np.zeros(N) if prior_mean is None else np.asarray(prior_mean, float)
     v0 = np.ones(N) if prior_var is None else np.asarray(prior_var, float)
     n = np.bincount(r, minlength=R).astype(float)
+    rated = n > 0  # raters with ratings (not only comparisons): what an offset is learned from
+    pc = obs.comparisons
+    n += np.bincount(pc.rater, pc.weight, R)  # a preference counts 1, a rank of k answers k - 1
     n_gauss: np.ndarray = np.zeros(R)  # Gaussian ratings per rater, counted by how much they say about noise
     # Noise floor per rater: a rating on a discrete scale carries at least its rounding variance (step^2 / 12,
     # 0.0208 for 1-5 stars in reward units), so no star rater's noise goes below their scale's.
@@ -138,8 +153,9 @@ def fit_raters(
         z[:nb] = _truncated_mean(a[r[:nb]] * m[i[:nb]] + b[r[:nb]], np.sqrt(s2)[r[:nb]], up)
         own_prec, own_num = _own(a, b, s2, r, z, w)
         m_cav, v_cav, _ = _cavity(m, v, i, own_prec, own_num)
+        pairs = cmp.PairState.start(pc, wr, m, v, a, s2, (init.cmp_z, init.cmp_cav, init.tie_delta))
     else:
-        m, v = _naive_start(r, i, x, N, wr[r])
+        m, v = _naive_start(r, i, x, N, wr[r], pc)
         # The first rater step regresses on the plain majority (self included), as Dawid-Skene starts:
         # leaving oneself out this early lets a colluding minority look like the consensus to each
         # honest rater (3 honest vs 2 identical inverters: every honest rater's "others" tie).
@@ -148,6 +164,7 @@ def fit_raters(
         z = x.copy()
         z[:nb] *= 0.4  # E[y*|sign] for a typical rater, before any fit
         s2 = np.full(R, s2_0)
+        pairs = cmp.PairState.start(pc, wr, m, v, np.full(R, mu_a), s2)
     naive_step = init is None
     a = np.full(R, mu_a) if init is None else a
     it, converged = 0, False
@@ -160,12 +177,13 @@ def fit_raters(
         # per-rating weight 1 / (s2 + a^2 v_cav); the very first step regresses on the naive start,
         # whose spread is a placeholder, so there every rating counts alike
         wk = 1.0 / (s2[r] + (a * a)[r] * v_cav) if naive_step is False else np.full(len(r), 1.0 / s2_0)
+        c00, c0 = pairs.rater_step(a, s2, 2.0 * s2_0 if naive_step else None)  # comparisons: a only
         naive_step = False
         wm = wk * m_cav
-        A00 = np.bincount(r, wm * m_cav, R) + 1.0 / tau_a2
+        A00 = np.bincount(r, wm * m_cav, R) + c00 + 1.0 / tau_a2
         A01 = np.bincount(r, wm, R)
         A11 = np.bincount(r, wk, R) + 1.0 / tau_b**2
-        y0 = np.bincount(r, wm * z, R) + mu_a / tau_a2
+        y0 = np.bincount(r, wm * z, R) + c0 + mu_a / tau_a2
         y1 = np.bincount(r, wk * z, R) + mu_b / tau_b**2
         det = A00 * A11 - A01 * A01
         a, b = (y0 * A11 - A01 * y1) / det, (A00 * y1 - A01 * y0) / det
@@ -190,11 +208,13 @@ def fit_raters(
         ss = np.bincount(rg, known * (f * f * (e * e + p) + s2g * (1.0 - f)), R)
         s2 = np.maximum((cfg.nu * s2_0 + ss) / (cfg.nu + n_gauss), floor)
         s2_0 = _population_noise(ss, n_gauss, wr, floor, cfg, s2_0)
-        mu_a, mu_b, tau_b = _population(a, b, b_var, n, wr, cfg, (mu_a, mu_b, tau_b))
-        # Quality step: Gaussian posterior of q given every unflagged rater's y* and the weak signals.
+        mu_a, mu_b, tau_b = _population(a, b, b_var, n, wr, cfg, (mu_a, mu_b, tau_b), rated)
+        # Quality step: Gaussian posterior of q given every unflagged rater's y*, their comparisons' d (as
+        # messages that carry the other answer's uncertainty) and the weak signals.
         own_prec, own_num = _own(a, b, s2, r, z, w)
-        prec = 1.0 / v0 + np.bincount(i, own_prec, N)
-        num = m0 / v0 + np.bincount(i, own_num, N)
+        c_prec, c_num = pairs.quality(a, s2, N)
+        prec = 1.0 / v0 + np.bincount(i, own_prec, N) + c_prec
+        num = m0 / v0 + np.bincount(i, own_num, N) + c_num
         if len(obs.weak_item):
             ww = wr[obs.weak_rater] / cfg.weak_noise_var
             prec += np.bincount(obs.weak_item, ww * mu_a**2, N)
@@ -213,11 +233,15 @@ def fit_raters(
         # E-step for thumbs: E[y* | sign, current params], a truncated normal
         rb = r[:nb]
         z[:nb] = _truncated_mean(a[rb] * m_i[:nb] + b[rb], np.sqrt(s2)[rb], up)
+        pairs.update(m, v, a, s2)  # and for comparisons: E[d | outcome], the cavities, the tie thresholds
         if shift < cfg.tol or bulk < cfg.tol_bulk:
             converged = True
             break
     log.debug("rater model: %d iterations, converged=%s, mu_a=%.3f mu_b=%.3f", it, converged, mu_a, mu_b)
     em_var = v
+    if len(pc):  # comparisons count by what their outcomes say, as thumbs do below
+        prec = prec + pairs.outcome_precision(a, s2, N)
+        v = 1.0 / prec
     if nb:
         v = _thumbs_variance(prec, own_prec, m_cav, a, b, s2, r, i, up, nb, w)
     # Uncertainty of (a, b) from the observed information: augmentation treats a thumbs as if its
@@ -227,7 +251,9 @@ def fit_raters(
     info[:nb] = _probit_information((a[r[:nb]] * m_cav[:nb] + b[r[:nb]]) / np.sqrt(total[:nb]))
     wk = info / total
     tau_a2 = (cfg.tau_a_rel * mu_a) ** 2
-    A00 = np.bincount(r, wk * m_cav * m_cav, R) + 1.0 / tau_a2
+    c_info, c_total, c_dm, c_dv = pairs.information(a, s2)
+    A00 = (np.bincount(r, wk * m_cav * m_cav, R) + np.bincount(pc.rater, pc.weight * c_info / c_total * c_dm**2, R)
+           + 1.0 / tau_a2)
     A01 = np.bincount(r, wk * m_cav, R)
     A11 = np.bincount(r, wk, R) + 1.0 / tau_b**2
     det = A00 * A11 - A01 * A01
@@ -236,7 +262,8 @@ def fit_raters(
     return RaterFit(quality=m, quality_var=v, prior_var=v0, a=a, b=b, s2=s2, a_var=A11 / det, b_var=A00 / det,
                     n=n, weight=wr, mu_a=mu_a, mu_b=mu_b, s2_0=s2_0, tau_b=tau_b, iterations=it,
                     converged=converged, z=z[back], m_cav=m_cav[back], v_cav=v_cav[back], info=info[back],
-                    em_var=em_var)
+                    em_var=em_var, cmp_z=pairs.z, cmp_m_cav=c_dm, cmp_v_cav=c_dv, cmp_info=c_info, cmp_cav=pairs.cav,
+                    tie_delta=pairs.delta)
 
 
 def _thumbs_variance(prec: np.ndarray, own_prec: np.ndarray, m_cav: np.ndarray, a: np.ndarray, b: np.ndarray,
@@ -304,11 +331,17 @@ def _cavity(m: np.ndarray, v: np.ndarray, i: np.ndarray, own_prec: np.ndarray, o
     return (m_i * inv_v - own_num) * v_cav, v_cav, m_i
 
 
-def _naive_start(r: np.ndarray, i: np.ndarray, x: np.ndarray, n_items: int, w: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised per-item mean reward and a variance: a start that the honest majority orients."""
+def _naive_start(r: np.ndarray, i: np.ndarray, x: np.ndarray, n_items: int, w: np.ndarray,
+                 pc: cmp.Comparisons | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised per-item mean reward and a variance: a start that the honest majority orients. A
+    comparison counts +1 for the answer preferred, -1 for the other (0 each for a tie)."""
     cnt = np.bincount(i, w, n_items)
-    mean = np.bincount(i, w * x, n_items) / np.maximum(cnt, 1.0)
+    total = np.bincount(i, w * x, n_items)
+    if pc is not None and len(pc):
+        won = pc.weight * ~pc.tie
+        cnt = cnt + np.bincount(pc.first, pc.weight, n_items) + np.bincount(pc.second, pc.weight, n_items)
+        total = total + np.bincount(pc.first, won, n_items) - np.bincount(pc.second, won, n_items)
+    mean = total / np.maximum(cnt, 1.0)
     rated = cnt > 0
     centre = float(mean[rated].mean()) if rated.any() else 0.0
     sd = (float(mean[rated].std()) if rated.sum() > 1 else 1.0) or 1.0
@@ -331,12 +364,16 @@ def _population_noise(ss: np.ndarray, k: np.ndarray, wr: np.ndarray, floor: np.n
 
 
 def _population(a: np.ndarray, b: np.ndarray, b_var: np.ndarray, n: np.ndarray, wr: np.ndarray, cfg: ModelConfig,
-                old: tuple[float, float, float]) -> tuple[float, float, float]:
-    """Empirical-Bayes population: medians (robust to the trolls still in) over well-observed raters."""
+                old: tuple[float, float, float], rated: np.ndarray | None = None) -> tuple[float, float, float]:
+    """Empirical-Bayes population: medians (robust to the trolls still in) over well-observed raters. The
+    offsets' only from raters with ratings (`rated`): a comparison says nothing about an offset."""
     mu_a, mu_b, tau_b = old
     known = (n >= cfg.hyper_min) & (wr > 0)
     if known.sum() >= 3:
         mu_a = max(float(np.median(a[known])), 0.05)  # the typical rater tracks quality: fixes the sign
+    if rated is not None:
+        known = known & rated
+    if known.sum() >= 3:
         mu_b = float(np.median(b[known]))
         # The EM update of a prior variance is E[(b - mu_b)^2] = (b_post - mu_b)^2 + Var[b]: the spread of
         # the *shrunk* estimates alone would shrink the prior, which shrinks them more (a collapse with

@@ -1,8 +1,9 @@
 """Stage 3, signals: ratings -> one debiased reward per interaction, and a report per rater.
 
 Reads the store (`load_ratings`) or arrays, runs normalise -> observations -> rater model with troll
-exclusion, and returns typed rows: `InteractionSignal` (what `ratingloop signals --out FILE` writes)
-and `RaterSignal` (what `ratingloop raters --json` prints), plus the ids of the ratings that counted.
+exclusion (ratings and comparisons in one fit), and returns typed rows: `InteractionSignal` (what
+`ratingloop signals --out FILE` writes) and `RaterSignal` (what `ratingloop raters --json` prints),
+plus the ids of the ratings that counted.
 Writes nothing: `signals.runs.record_signals` fits through here once and stores the run for every
 later stage, which reads it back with `load_signals` instead of fitting again.
 
@@ -61,14 +62,15 @@ class InteractionSignal:
     interaction_id: str
     reward: float  # in [-1, 1]: what a typical, calibrated rater would give
     confidence: float  # in [0, 1]: 1 - posterior sd / population sd of quality (ratings and content prior)
-    n_ratings: int  # ratings that counted (latest per rater and aspect, flagged raters left out); 0 if unrated
+    n_ratings: int  # ratings that counted (latest per rater and aspect, flagged raters left out), each comparison
+    # naming the interaction included; 0 if unrated
     aspects: dict[str, float]  # per-aspect rewards in [-1, 1], "overall" included
 
 
 @dataclass(frozen=True)
 class RaterSignal:
     rater_id: str
-    n: int  # overall ratings (thumbs, stars, scale, or aspects combined)
+    n: int  # overall ratings (thumbs, stars, scale, or aspects combined) and comparisons (a rank of k answers: k - 1)
     bias: float  # offset vs the typical rater, reward units: > 0 lenient, < 0 harsh
     scale: float  # how strongly quality moves their ratings vs the typical rater: 1 typical, < 0 inverted
     reliability: float  # in [0, 1]: share of their rating variance that is quality
@@ -86,8 +88,9 @@ class SignalsResult:
     content: dict[str, float] | None = None  # the content prior's summary (None: it was off), see signals.content
     # interaction id -> ids of the ratings that counted (`counted_ratings`); empty when the ratings carry no ids
     counted: dict[str, list[str]] = field(default_factory=dict)
-    n_ratings: int = 0  # ratings read
-    n_superseded: int = 0  # of those, replaced by a later rating of the same rater, interaction and aspect
+    n_ratings: int = 0  # ratings read, comparisons included
+    n_superseded: int = 0  # of those, replaced by a later rating of the same rater, interaction and aspect (or a
+    # later comparison of the same answers)
     last_rating_at: datetime | None = None  # the newest rating read
 
 
@@ -98,7 +101,7 @@ def compute_signals(engine: Engine, cfg: SignalsConfig = SignalsConfig(), prior:
     Without an explicit `prior`, `cfg.content` decides whether a cross-fitted content prior is fitted
     (embedding every stored interaction with `embed`, default the packaged sentence encoder)."""
     loaded = load_ratings(engine, cfg.topic_tag)
-    if len(loaded.raw.kind) == 0:
+    if loaded.n_read == 0:
         raise RatingloopError("the store has no ratings: import some with `ratingloop import FILE` "
                               "or send them to POST /v1/feedback, then run `ratingloop signals` again")
     content = None
@@ -114,10 +117,12 @@ def signals_from_loaded(loaded: LoadedRatings, cfg: SignalsConfig = SignalsConfi
     """As compute_signals, on ratings already loaded; `content` (features of the stored texts) turns
     the cross-fitted content prior on, `prior` supplies any other (neither: the flat prior)."""
     obs = observations(loaded.raw, cfg.aspect_weights, cfg.implicit)
-    if len(obs.rater) < cfg.min_ratings:
+    n_compared = len(np.unique(obs.comparisons.origin))
+    if len(obs.rater) + n_compared < cfg.min_ratings:
         raise RatingloopError(
-            f"only {len(obs.rater)} overall rating(s) (thumbs, stars, scale or aspects) after keeping the latest "
-            f"per rater; the rater model needs at least {cfg.min_ratings}: collect more ratings first")
+            f"only {len(obs.rater) + n_compared} overall rating(s) (thumbs, stars, scale or aspects) and comparisons "
+            f"after keeping the latest per rater; the rater model needs at least {cfg.min_ratings}: collect more "
+            "ratings first")
     cross: CrossFittedPrior | None = None
     if content is not None:
         cross, fit, flags = _fit_with_content(obs, loaded, cfg, content)
@@ -127,11 +132,12 @@ def signals_from_loaded(loaded: LoadedRatings, cfg: SignalsConfig = SignalsConfi
     result = SignalsResult(interaction_rows(obs, fit, loaded.interaction_ids), rater_rows(fit, flags, loaded.rater_ids),
                            flags, fit, unrated_rows(cross, fit, len(loaded.interaction_ids)),
                            dict(cross.summary) if cross is not None else None,
-                           counted_ratings(loaded, {f.rater for f in flags}), len(loaded.raw.kind), obs.n_superseded,
+                           counted_ratings(loaded, {f.rater for f in flags}, obs), loaded.n_read,
+                           obs.n_superseded + loaded.n_comparisons_read - len(loaded.comparison_ids),
                            loaded.last_rating_at)
-    log.info("signals: %d ratings -> %d interactions (+%d unrated), %d raters (%d flagged, %d superseded ratings "
-             "ignored)", len(loaded.raw.kind), len(result.interactions), len(result.unrated), obs.n_raters, len(flags),
-             obs.n_superseded)
+    log.info("signals: %d ratings (%d comparisons) -> %d interactions (+%d unrated), %d raters (%d flagged, %d "
+             "superseded ratings ignored)", loaded.n_read, loaded.n_comparisons_read, len(result.interactions),
+             len(result.unrated), obs.n_raters, len(flags), result.n_superseded)
     return result
 
 
@@ -152,17 +158,22 @@ def _fit_with_content(obs: Observations, loaded: LoadedRatings, cfg: SignalsConf
     return cross, fit, flags
 
 
-def counted_ratings(loaded: LoadedRatings, flagged: set[int]) -> dict[str, list[str]]:
+def counted_ratings(loaded: LoadedRatings, flagged: set[int], obs: Observations | None = None
+                    ) -> dict[str, list[str]]:
     """Per interaction, the ids of the ratings that count: the latest per (rater, interaction, aspect,
     channel) (`observations.latest`, the rule the rater model fitted on), flagged raters left out. The one
-    definition every later stage uses (a dataset's manifest lists exactly these behind its rows)."""
-    if not loaded.rating_ids:
-        return {}
+    definition every later stage uses (a dataset's manifest lists exactly these behind its rows). A
+    comparison that the model fitted (`obs.comparisons`) is listed under the interaction it is stored under."""
     out: dict[str, list[str]] = {}
     rater, item = loaded.raw.rater, loaded.raw.item
-    for k in latest(loaded.raw).tolist():
+    for k in latest(loaded.raw).tolist() if loaded.rating_ids else []:
         if int(rater[k]) not in flagged:
             out.setdefault(loaded.interaction_ids[int(item[k])], []).append(loaded.rating_ids[k])
+    raw = loaded.raw.comparisons
+    if obs is not None and raw is not None and loaded.comparison_ids:
+        for k in np.unique(obs.comparisons.origin).tolist():
+            if int(raw.rater[k]) not in flagged:
+                out.setdefault(loaded.interaction_ids[int(raw.item[k])], []).append(loaded.comparison_ids[k])
     return out
 
 
@@ -180,8 +191,10 @@ def unrated_rows(cross: CrossFittedPrior | None, fit: RaterFit, n_rated: int) ->
 def interaction_rows(obs: Observations, fit: RaterFit, interaction_ids: list[str]) -> list[InteractionSignal]:
     reward, confidence = fit.reward(), fit.confidence()
     ok = fit.weight > 0
+    pc = obs.comparisons
     n = (np.bincount(obs.item, ok[obs.rater], obs.n_items) + np.bincount(obs.weak_item, ok[obs.weak_rater], obs.n_items)
-         + np.bincount(obs.aspect_item, ok[obs.aspect_rater], obs.n_items)).astype(int)
+         + np.bincount(obs.aspect_item, ok[obs.aspect_rater], obs.n_items)
+         + np.bincount(pc.member_item, ok[pc.member_rater], obs.n_items)).astype(int)
     per_aspect = aspect_rewards(obs, fit)
     rows = []
     for k, iid in enumerate(interaction_ids):
@@ -213,6 +226,7 @@ def rater_rows(fit: RaterFit, flags: list[TrollFlag], rater_ids: list[str]) -> l
     for f in flags:
         reasons.setdefault(f.rater, []).append(f"{f.kind}: {f.reason}")
     reliability = fit.reliability()
-    return [RaterSignal(rid, int(fit.n[k]), round(float(fit.b[k] - fit.mu_b), 4), round(float(fit.a[k] / fit.mu_a), 4),
+    return [RaterSignal(rid, int(round(fit.n[k])), round(float(fit.b[k] - fit.mu_b), 4),
+                        round(float(fit.a[k] / fit.mu_a), 4),
                         round(float(reliability[k]), 4), k in reasons, reasons.get(k, []))
             for k, rid in enumerate(rater_ids)]

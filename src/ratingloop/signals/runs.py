@@ -32,7 +32,6 @@ from ratingloop.signals.report import InteractionSignal, RaterSignal, SignalsCon
 from ratingloop.store import Footprint
 from ratingloop.store import tables as t
 from ratingloop.store.db import write_transaction
-from ratingloop.store.records import COMPARATIVE_KINDS
 from ratingloop.store.writes import new_id
 
 log = logging.getLogger(__name__)
@@ -109,15 +108,14 @@ def load_signals(engine: Engine, run_id: str | None = None) -> StoredSignals:
 
 def ratings_since(engine: Engine, stored: StoredSignals) -> int:
     """How many ratings the store holds that `stored` did not read (arrived after it, or imported with
-    an older timestamp since): what a build warns about. Comparisons, which no run reads yet, are not
-    counted. (The loop's trigger counts against its last round instead: `rounds.new_ratings`.)"""
+    an older timestamp since): what a build warns about. Comparisons count like any rating: a run reads
+    them. (The loop's trigger counts against its last round instead: `rounds.new_ratings`.)"""
     c = t.ratings.c
-    read = c.kind.notin_(COMPARATIVE_KINDS)
     with engine.connect() as conn:
-        total = conn.execute(select(func.count()).where(read)).scalar_one()
+        total = conn.execute(select(func.count()).select_from(t.ratings)).scalar_one()
         newer = 0
         if stored.last_rating_at is not None:
-            newer = conn.execute(select(func.count()).where(read, c.created_at > stored.last_rating_at)).scalar_one()
+            newer = conn.execute(select(func.count()).where(c.created_at > stored.last_rating_at)).scalar_one()
     return max(int(newer), int(total) - int(stored.summary.get("n_ratings", 0)))
 
 
@@ -193,12 +191,14 @@ def _read(conn: Connection, run: Any) -> StoredSignals:
 
 
 def _rated_by(conn: Connection, rater_ids: list[str], until: datetime | None) -> set[str]:
-    """Interactions that `rater_ids` rated up to `until` (the run's newest rating)."""
+    """Interactions that `rater_ids` rated, or compared, up to `until` (the run's newest rating)."""
     if not rater_ids or until is None:
         return set()
-    c = t.ratings.c
+    c, ci = t.ratings.c, t.compared_interactions.c
     out: set[str] = set()
     for k in range(0, len(rater_ids), CHUNK):
-        query = select(c.interaction_id).distinct().where(c.rater_id.in_(rater_ids[k:k + CHUNK]), c.created_at <= until)
-        out.update(conn.execute(query).scalars())
+        theirs = (c.rater_id.in_(rater_ids[k:k + CHUNK]), c.created_at <= until)
+        out.update(conn.execute(select(c.interaction_id).distinct().where(*theirs)).scalars())
+        compared = select(ci.interaction_id).distinct().join(t.ratings, ci.rating_id == c.id).where(*theirs)
+        out.update(conn.execute(compared).scalars())
     return out

@@ -12,6 +12,10 @@ with only a vague N(0, (10 mu_a)^2) prior on a to keep separable thumbs finite.
 Per topic the offset stays the rater's, a is fitted per (rater, topic), and the stars noise is
 re-estimated under per-topic scales: a topic inverter's overall noise contains the inverted topic
 (a single scale misfits it badly), which would hide the very inversion being tested.
+
+Comparisons (`signals.comparisons`) join the overall scale with their ordered-probit likelihood, the
+difference q_first - q_second ~ N(m_cav, v_cav) as the others see it, and no offset: a rater who only
+compares is judged on them. The topic test reads ratings only.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erfcx, log_ndtr, logsumexp
 
+from ratingloop.signals.comparisons import Comparisons, information, truncated
 from ratingloop.signals.observations import Observations
 from ratingloop.signals.raters import RaterFit, _probit_information
 
@@ -129,6 +134,10 @@ def covariate_scales(obs: Observations, fit: RaterFit, base: Scales, nu: float =
     slope = np.where(sxx > 1e-12, slope, 0.0)
     known = np.bincount(r, minlength=R) >= min_n
     unit = float(np.median(np.abs(slope[known]))) if known.sum() >= 5 else fit.mu_a
+    # a rater who only compares has no line: their scale is the comparisons' (base), in these units
+    only = (np.bincount(r, minlength=R) == 0) & (np.bincount(obs.comparisons.rater, minlength=R) > 0)
+    slope = np.where(only, base.a * unit / fit.mu_a, slope)
+    a_var = np.where(only, base.a_var * (unit / fit.mu_a) ** 2, a_var)
     return (Scales(slope, a_var, stars_rss, stars_dof, base.topic_log_bf, base.topic_best, base.topic_best_log_bf,
                    base.topic_best_n), max(typical, 1e-3), max(unit, 1e-3))
 
@@ -157,6 +166,7 @@ def _score(key: np.ndarray, K: int, obs: Observations, fit: RaterFit, a: np.ndar
     m, v, y, tb = fit.m_cav, fit.v_cav, obs.value, np.flatnonzero(obs.binary)  # probit terms on thumbs only
     sign = np.where(y > 0, 1.0, -1.0)
     s2r = fit.s2[obs.rater]
+    pc = obs.comparisons if K == obs.n_raters else None  # per rater only: comparisons have no topic here
     for _ in range(iters + 1):
         ak = a[key]
         var = s2r + ak * ak * v
@@ -170,14 +180,27 @@ def _score(key: np.ndarray, K: int, obs: Observations, fit: RaterFit, a: np.ndar
         h00 = np.bincount(key, w * m * m, K) + a_prec
         h01 = np.bincount(key, w * m, K)
         h11 = np.bincount(key, w, K) + b_prec
+        c00, c0 = _comparison_terms(pc, fit, a) if pc is not None and len(pc) else (0.0, 0.0)
+        h00 = h00 + c00
         if _ == iters:
             break
-        g0 = np.bincount(key, g * m, K) - a_prec * a
+        g0 = np.bincount(key, g * m, K) + c0 - a_prec * a
         g1 = np.bincount(key, g, K) - b_prec * (b - b_mean)
         det = h00 * h11 - h01 * h01
         a = a + np.clip((h11 * g0 - h01 * g1) / det, -2 * a0, 2 * a0)
         b = b + np.clip((h00 * g1 - h01 * g0) / det, -1.0, 1.0)
     return a, b, h00, h01, h11, g, w
+
+
+def _comparison_terms(pc: Comparisons, fit: RaterFit, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per rater: the information and score about a of their comparisons (ordered probit, no offset)."""
+    R = len(a)
+    ac, dm = a[pc.rater], fit.cmp_m_cav
+    sd = np.sqrt(2.0 * fit.s2[pc.rater] + ac * ac * fit.cmp_v_cav)
+    eta, delta = ac * dm, fit.tie_delta[pc.rater]
+    mean, _, _ = truncated(eta, sd, delta, pc.tie)
+    info = pc.weight * information(eta, sd, delta) / (sd * sd)
+    return np.bincount(pc.rater, info * dm * dm, R), np.bincount(pc.rater, pc.weight * mean / sd * dm, R)
 
 
 def _topic_loglik(a: np.ndarray, key: np.ndarray, T: int, b_r: np.ndarray, on: np.ndarray, sd: np.ndarray,

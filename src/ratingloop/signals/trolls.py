@@ -72,8 +72,7 @@ def find_trolls(obs: Observations, fit: RaterFit, cfg: TrollConfig = TrollConfig
     sc, s2_0, unit = rater_scales(obs, fit, topic), fit.s2_0, fit.mu_a
     if informed:
         sc, s2_0, unit = covariate_scales(obs, fit, sc)
-    thumbs_only = np.bincount(obs.rater, ~obs.binary, obs.n_raters) == 0
-    ev = class_evidence(sc, unit, s2_0, fit.n, thumbs_only,
+    ev = class_evidence(sc, unit, s2_0, fit.n, _groups(obs),
                         min_log_sd=cfg.content_min_log_sd if informed else cfg.min_log_sd)
     honest = np.where(fit.n >= cfg.min_ratings, ev.posterior[:, 0], 1.0)
     order = np.argsort(honest, kind="stable")
@@ -88,12 +87,23 @@ def find_trolls(obs: Observations, fit: RaterFit, cfg: TrollConfig = TrollConfig
     return sorted(flags.values(), key=lambda f: f.rater)
 
 
+def _groups(obs: Observations) -> np.ndarray:
+    """Per rater, whose honest scales they are compared with: 0 with stars (or scales, aspects), 1 thumbs only,
+    2 comparing without stars (a probit's scale is known only relative to the noise it assumes)."""
+    stars = np.bincount(obs.rater, ~obs.binary, obs.n_raters) > 0
+    compares = np.bincount(obs.comparisons.rater, minlength=obs.n_raters) > 0
+    out: np.ndarray = np.where(stars, 0, np.where(compares, 2, 1))
+    return out
+
+
 def _single_value(obs: Observations) -> np.ndarray:
+    """Per rater: every rating they gave has one value (a rater who only compares has none)."""
     lo = np.full(obs.n_raters, np.inf)
     hi = np.full(obs.n_raters, -np.inf)
     np.minimum.at(lo, obs.rater, obs.value)
     np.maximum.at(hi, obs.rater, obs.value)
-    return hi - lo < 1e-9
+    out: np.ndarray = (hi - lo < 1e-9) & np.isfinite(lo)
+    return out
 
 
 def _content_checked(obs: Observations, fit: RaterFit) -> np.ndarray:
@@ -146,19 +156,18 @@ def _flags(chosen: np.ndarray, fit: RaterFit, sc: Scales, ev: ClassEvidence, sam
 def _constant(obs: Observations, fit: RaterFit, cfg: TrollConfig, who: str) -> list[TrollFlag]:
     R, r = obs.n_raters, obs.rater
     lo = np.full(R, np.inf)
-    hi = np.full(R, -np.inf)
     np.minimum.at(lo, r, obs.value)
-    np.maximum.at(hi, r, obs.value)
-    same = (hi - lo < 1e-9) & (fit.n >= cfg.min_ratings)
+    n = np.bincount(r, minlength=R).astype(float)  # ratings; a flood of one value is in them, not in comparisons
+    same = _single_value(obs) & (n >= cfg.min_ratings)
     c = lo[r]
     typical = fit.mu_a * fit.m_cav + fit.mu_b  # what a calibrated rater would give, from the others
     gap = cfg.constant_gap * np.maximum(np.abs(c), 0.5)  # a middle value conflicts at half the distance
     conflicts = np.bincount(r, same[r] & (np.abs(typical - c) > gap), R)
-    share = conflicts / np.maximum(fit.n, 1)
+    share = conflicts / np.maximum(n, 1)
     hit = same & (conflicts >= cfg.constant_min_conflicts) & (share >= cfg.constant_min_share)
     return [TrollFlag(int(k), "constant", (
-        f"gave {lo[k]:+.2f} to all {int(fit.n[k])} interactions, {int(conflicts[k])} of which {who} "
-        f"clearly otherwise"), {"n": float(fit.n[k]), "value": float(lo[k]), "conflicts": float(conflicts[k])})
+        f"gave {lo[k]:+.2f} to all {int(n[k])} interactions, {int(conflicts[k])} of which {who} "
+        f"clearly otherwise"), {"n": float(n[k]), "value": float(lo[k]), "conflicts": float(conflicts[k])})
         for k in np.flatnonzero(hit)]
 
 
