@@ -257,7 +257,7 @@ def test_export_to_stdout(sqlite_url: str, tmp_path: Path) -> None:
 
 def test_export_unknown_format_is_refused(sqlite_url: str) -> None:
     result = runner.invoke(app, ["export", "--format", "sft", "--db", sqlite_url])
-    assert result.exit_code == 1 and "only 'raw'" in str(result.exception)
+    assert result.exit_code == 1 and "one of raw, openai, hf" in str(result.exception)
 
 
 # -- stats, db upgrade -------------------------------------------------------------------------------------------

@@ -191,16 +191,68 @@ def _print_import(report: Any, notes: list[str], unit: str, json_: bool) -> None
 
 @app.command()
 def export(
-    format: Annotated[str, typer.Option("--format", help="raw: the import JSONL")] = "raw",
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="file to write (default stdout)")] = None,
+    format: Annotated[str, typer.Option("--format", help="raw: the import JSONL; openai: chat fine-tuning JSONL; "
+                                                         "hf: a Hugging Face dataset folder with the rewards")] = "raw",
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="file to write (default stdout); the folder "
+                                                     "for hf")] = None,
+    weighted: Annotated[bool, typer.Option("--weighted", help="openai: weight 1 on answers whose reward clears "
+                                           "--min-reward in the signals run, 0 on the others")] = False,
+    min_reward: Annotated[float, typer.Option("--min-reward", help="openai --weighted: the reward an answer must "
+                                              "exceed to be trained on")] = 0.0,
+    signals: Annotated[Optional[str], typer.Option("--signals", help="the signals run whose rewards to use "
+                                                   "(default: the newest)")] = None,
     db: Db = None,
 ) -> None:
-    """Write every interaction with its ratings as JSONL that `ratingloop import` reads back."""
-    from ratingloop.store.jsonl import export_lines
+    """Write every interaction: as JSONL that `ratingloop import` reads back (raw), for OpenAI fine-tuning
+    (openai), or as a Hugging Face dataset with each answer's reward, confidence and raters (hf)."""
+    from ratingloop.store.exporters import FORMATS
 
-    if format != "raw":
-        raise RatingloopError(f"--format {format}: only 'raw' exists; training sets come from `ratingloop build`")
-    lines = export_lines(_engine(db))
+    if format not in FORMATS:
+        raise RatingloopError(f"--format {format}: one of {', '.join(FORMATS)}; training sets in TRL's formats "
+                              "come from `ratingloop build`")
+    if weighted and format != "openai":
+        raise RatingloopError(f"--weighted is for --format openai, not {format}")
+    if format == "hf" and out_file is None:
+        raise RatingloopError("--format hf writes a folder: give it with --out DIR")
+    engine = _engine(db)
+    rewards = _run_rewards(engine, signals) if format == "hf" or weighted else None
+    if format == "hf":
+        from ratingloop.store.exporters.hf import export_hf
+
+        assert out_file is not None and rewards is not None
+        done = export_hf(engine, out_file, rewards)
+        err.print(f"{done.rows} interactions in {out_file} (rewards of signals run {rewards.run_id}"
+                  + (f"; {done.not_in_run} the run has no reward for: newer than it, or unrated with the content "
+                     "prior off" if done.not_in_run else "") + ")", highlight=False)
+        return
+    _write_lines(_export_lines(engine, format, rewards, min_reward), out_file)
+
+
+def _run_rewards(engine: Any, run_id: str | None) -> Any:
+    from ratingloop.signals import load_signals
+    from ratingloop.store.exporters import RunRewards
+
+    stored = load_signals(engine, run_id)
+    return RunRewards(stored.run_id, stored.created_at,
+                      {s.interaction_id: s for s in (*stored.interactions, *stored.unrated)}, stored.counted)
+
+
+def _export_lines(engine: Any, format: str, rewards: Any, min_reward: float) -> Iterator[bytes]:
+    if format == "raw":
+        from ratingloop.store.jsonl import export_lines
+
+        yield from export_lines(engine)
+        return
+    from ratingloop.store.exporters.openai import OpenAIReport, export_openai
+
+    report = OpenAIReport()
+    yield from export_openai(engine, rewards, min_reward, report)
+    err.print(f"{report.rows} rows ({report.turns} answers as earlier turns of a longer row"
+              + (f"; {report.weighted_turns} answers with weight 1, {report.left_out} rows with none left out"
+                 if rewards is not None else "") + ")", highlight=False)
+
+
+def _write_lines(lines: Iterator[bytes], out_file: Path | None) -> None:
     if out_file is None:
         _write_all(sys.stdout.buffer, lines)
         sys.stdout.flush()
