@@ -155,7 +155,7 @@ def import_(
     settings = _settings(db)
     limits = Limits(settings.aspects, settings.implicit_signals, settings.max_comment_chars)
     by_bytes = format == "raw" and file != "-" and not file.endswith(".gz") and Path(file).is_file()
-    counter = DownloadColumn() if by_bytes else MofNCompleteColumn()
+    counter = DownloadColumn() if format == "raw" else MofNCompleteColumn()  # raw counts bytes, others records
     with Progress("[progress.description]{task.description}", BarColumn(), counter, TimeRemainingColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task(f"importing {file}", total=Path(file).stat().st_size if by_bytes else None)

@@ -25,7 +25,6 @@ class Raw:
     number: int
     data: Any = None
     error: FieldError | None = None
-    size: int = 1  # what it stands for in the progress bar (a line: its bytes)
 
 
 def open_bytes(path: str) -> IO[bytes]:
@@ -45,9 +44,9 @@ def json_lines(path: str) -> Iterator[Raw]:
             if not line.strip():
                 continue
             try:
-                yield Raw(number, orjson.loads(line), size=len(line))
+                yield Raw(number, orjson.loads(line))
             except orjson.JSONDecodeError as e:
-                yield Raw(number, error=FieldError("line", f"not valid JSON: {e}"), size=len(line))
+                yield Raw(number, error=FieldError("line", f"not valid JSON: {e}"))
 
 
 def json_array(path: str) -> Iterator[Raw]:

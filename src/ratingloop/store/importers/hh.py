@@ -44,10 +44,10 @@ def looks_like(record: Any) -> bool:
 def records(path: str, context: Context) -> Iterator[ImportRecord]:
     for raw in json_lines(path):
         if raw.error is not None:
-            yield ImportRecord(raw.number, errors=[raw.error], size=raw.size)
+            yield ImportRecord(raw.number, errors=[raw.error])
             continue
         lines, errors = convert(raw.data)
-        yield ImportRecord(raw.number, lines, errors=errors, labels=["rejected", "chosen"], size=raw.size)
+        yield ImportRecord(raw.number, lines, errors=errors, labels=["rejected", "chosen"])
 
 
 def convert(data: Any) -> tuple[list[dict[str, Any]], list[FieldError]]:

@@ -146,21 +146,21 @@ class _Export:
 
     def observation(self, number: int, where: str, raw: Raw) -> ImportRecord:
         if raw.error is not None:
-            return ImportRecord(number, errors=[raw.error], where=where, size=raw.size)
+            return ImportRecord(number, errors=[raw.error], where=where)
         try:
             obs = Observation.model_validate(raw.data)
         except ValidationError as e:
-            return ImportRecord(number, errors=pydantic_errors(e), where=where, size=raw.size)
+            return ImportRecord(number, errors=pydantic_errors(e), where=where)
         if (obs.type or "GENERATION").upper() != "GENERATION":
             if obs.trace_id:
                 self.others[obs.id] = obs.trace_id
-            return ImportRecord(number, where=where, size=raw.size)
+            return ImportRecord(number, where=where)
         line, errors = self._line(obs)
         if line is not None:
             self.generations.add(obs.id)
             if obs.trace_id and (obs.trace_id not in self.last or _later(obs.start_time, self.last[obs.trace_id][0])):
                 self.last[obs.trace_id] = (obs.start_time, obs.id)
-        return ImportRecord(number, [line] if line else [], errors=errors, where=where, size=raw.size)
+        return ImportRecord(number, [line] if line else [], errors=errors, where=where)
 
     def _line(self, obs: Observation) -> tuple[dict[str, Any] | None, list[FieldError]]:
         prompt, response = chat.messages(obs.input), chat.answer(obs.output)
@@ -191,14 +191,14 @@ class _Export:
 
     def score(self, number: int, where: str, raw: Raw) -> ImportRecord:
         if raw.error is not None:
-            return ImportRecord(number, errors=[raw.error], where=where, size=raw.size)
+            return ImportRecord(number, errors=[raw.error], where=where)
         try:
             s = Score.model_validate(raw.data)
         except ValidationError as e:
-            return ImportRecord(number, errors=pydantic_errors(e), where=where, size=raw.size)
+            return ImportRecord(number, errors=pydantic_errors(e), where=where)
         target, error = self._target(s)
         ratings, errors = self._ratings(s, target) if error is None else ([], [error])
-        return ImportRecord(number, ratings=ratings, errors=errors, where=where, size=raw.size)
+        return ImportRecord(number, ratings=ratings, errors=errors, where=where)
 
     def _target(self, s: Score) -> tuple[str, FieldError | None]:
         """The interaction a score rates."""

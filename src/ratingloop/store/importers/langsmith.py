@@ -113,7 +113,7 @@ def records(path: str, context: Context) -> Iterator[ImportRecord]:
         if raw.error is not None or not (is_run(raw.data) or is_feedback(raw.data)):
             error = raw.error or FieldError("line", "neither a LangSmith run (run_type, inputs) nor feedback (key, "
                                                     "run_id)")
-            yield ImportRecord(raw.number, errors=[error], where=where(raw.number), size=raw.size)
+            yield ImportRecord(raw.number, errors=[error], where=where(raw.number))
         elif is_run(raw.data):
             record = _run(raw, reader, context, bool(feedback.get(str(raw.data.get("id")))))
             record.where = where(raw.number)
@@ -121,25 +121,24 @@ def records(path: str, context: Context) -> Iterator[ImportRecord]:
     for raw in raws:
         if raw.error is None and is_feedback(raw.data):
             ratings, errors = _feedback(raw.data, reader, None)
-            yield ImportRecord(raw.number, ratings=ratings, errors=errors, where=where(raw.number), size=raw.size)
+            yield ImportRecord(raw.number, ratings=ratings, errors=errors, where=where(raw.number))
 
 
 def _run(raw: Raw, reader: ScoreReader, context: Context, rated_elsewhere: bool) -> ImportRecord:
     try:
         run = Run.model_validate(raw.data)
     except ValidationError as e:
-        return ImportRecord(raw.number, errors=pydantic_errors(e), size=raw.size)
+        return ImportRecord(raw.number, errors=pydantic_errors(e))
     if run.parent_run_id and not run.feedback and not rated_elsewhere:
-        return ImportRecord(raw.number, size=raw.size)  # a step of its root run's answer
+        return ImportRecord(raw.number)  # a step of its root run's answer
     if run.outputs is None and run.error:
         context.notes.add("langsmith: a run that failed without output left out")
-        return ImportRecord(raw.number, size=raw.size)
+        return ImportRecord(raw.number)
     prompt, response = chat.messages(run.inputs), chat.answer(run.outputs)
     if prompt is None or response is None:
         field = "inputs" if prompt is None else "outputs"
         return ImportRecord(raw.number, errors=[FieldError(field, "no chat messages or text in it that ratingloop "
-                                                                  "reads (importers/chat.py lists the shapes)")],
-                            size=raw.size)
+                                                                  "reads (importers/chat.py lists the shapes)")])
     iid = f"langsmith:{run.id}"
     extra = run.extra or {}
     meta: dict[str, Any] = extra["metadata"] if isinstance(extra.get("metadata"), dict) else {}
@@ -165,7 +164,7 @@ def _run(raw: Raw, reader: ScoreReader, context: Context, rated_elsewhere: bool)
         ratings += got
         errors += [e.within(f"feedback[{k}]") for e in errs]
     line["ratings"] = ratings
-    return ImportRecord(raw.number, [line], errors=errors, size=raw.size)
+    return ImportRecord(raw.number, [line], errors=errors)
 
 
 def _feedback(data: dict[str, Any], reader: ScoreReader, on: str | None) -> tuple[list[dict[str, Any]],

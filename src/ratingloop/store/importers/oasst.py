@@ -83,10 +83,10 @@ def records(path: str, context: Context) -> Iterator[ImportRecord]:
     reader = ScoreReader(defaults | context.maps, context.limits.aspects, context.notes, "oasst")
     for raw in json_lines(path):
         if raw.error is not None:
-            yield ImportRecord(raw.number, errors=[raw.error], size=raw.size)
+            yield ImportRecord(raw.number, errors=[raw.error])
             continue
         lines, labels, errors = convert(raw.data, reader, context)
-        yield ImportRecord(raw.number, lines, errors=errors, labels=labels, size=raw.size)
+        yield ImportRecord(raw.number, lines, errors=errors, labels=labels)
 
 
 def convert(data: Any, reader: ScoreReader, context: Context) -> tuple[list[dict[str, Any]], list[str],

@@ -46,10 +46,10 @@ def looks_like(record: Any) -> bool:
 def records(path: str, context: Context) -> Iterator[ImportRecord]:
     for raw in json_lines(path):
         if raw.error is not None:
-            yield ImportRecord(raw.number, errors=[raw.error], size=raw.size)
+            yield ImportRecord(raw.number, errors=[raw.error])
             continue
         lines, labels, errors = convert(raw.data, context)
-        yield ImportRecord(raw.number, lines, errors=errors, labels=labels, size=raw.size)
+        yield ImportRecord(raw.number, lines, errors=errors, labels=labels)
 
 
 def convert(data: Any, context: Context) -> tuple[list[dict[str, Any]], list[str], list[FieldError]]:

@@ -52,10 +52,10 @@ def records(path: str, context: Context) -> Iterator[ImportRecord]:
     for raw in file_records(path):
         where = f"record {raw.number}"
         if raw.error is not None:
-            yield ImportRecord(raw.number, errors=[raw.error], where=where, size=raw.size)
+            yield ImportRecord(raw.number, errors=[raw.error], where=where)
             continue
         lines, labels, errors = convert(raw.data, context)
-        yield ImportRecord(raw.number, lines, errors=errors, labels=labels, where=where, size=raw.size)
+        yield ImportRecord(raw.number, lines, errors=errors, labels=labels, where=where)
 
 
 def convert(data: Any, context: Context) -> tuple[list[dict[str, Any]], list[str], list[FieldError]]:

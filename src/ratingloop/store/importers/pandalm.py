@@ -50,12 +50,12 @@ def records(path: str, context: Context) -> Iterator[ImportRecord]:
     for raw in file_records(path):
         where = f"record {raw.number}"
         if raw.error is not None:
-            yield ImportRecord(raw.number, errors=[raw.error], where=where, size=raw.size)
+            yield ImportRecord(raw.number, errors=[raw.error], where=where)
             continue
         lines, errors = convert(raw.data)
         yield ImportRecord(raw.number, lines, errors=errors, labels=["response1", "response2"],
                            where=where + (f" (idx {raw.data['idx']})" if isinstance(raw.data, dict)
-                                          and isinstance(raw.data.get("idx"), int) else ""), size=raw.size)
+                                          and isinstance(raw.data.get("idx"), int) else ""))
 
 
 def convert(data: Any) -> tuple[list[dict[str, Any]], list[FieldError]]:
