@@ -46,7 +46,7 @@ def test_files_manifest_and_snapshot_row(engine: Any, tmp_path: Path) -> None:
         assert ds.to_list() == read_jsonl(out / f"{split}.jsonl") and len(ds) == n
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest == result.manifest
-    assert manifest["format"] == "kto" and manifest["columns"] == ["prompt", "completion", "label"]
+    assert manifest["format"] == "kto" and manifest["columns"] == ["prompt", "completion", "label", "interaction_ids"]
     assert manifest["rows"] == {"train": result.n_train, "eval": result.n_eval}
     assert manifest["config"]["z"] == 1.0 and manifest["ratingloop_version"]
     assert {f["filter"] for f in manifest["filters"]} >= {"duplicate_answers", "uncertain_label", "duplicate_rows"}

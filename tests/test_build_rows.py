@@ -43,7 +43,8 @@ def test_sft_keeps_confidently_good_answers_and_corrections(engine: Any, tmp_pat
     assert removed(result)["duplicate_answers"] == 1  # good-1 and good-1-again: one answer
     assert removed(result)["not_confidently_good"] == 5  # bad x3, middling x2
     assert rows[0]["prompt"][0] == {"role": "system", "content": "You are the support assistant."}
-    assert all(r["completion"][0]["role"] == "assistant" and set(r) == {"prompt", "completion"} for r in rows)
+    assert all(r["completion"][0]["role"] == "assistant" and set(r) == {"prompt", "completion", "interaction_ids"}
+               for r in rows)
 
 
 def test_kto_labels_only_clear_answers(engine: Any, tmp_path: Path) -> None:

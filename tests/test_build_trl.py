@@ -70,7 +70,7 @@ def test_weighted_loads_as_sft_plus_weight(built: dict[str, Path], tok: Any, tmp
     from trl import SFTConfig, SFTTrainer
 
     ds = load(built["weighted"])
-    assert ds.column_names == ["prompt", "completion", "weight"]
+    assert ds.column_names == ["prompt", "completion", "weight", "interaction_ids"]  # the ids: for tracing only
     assert all(-1.0 <= w <= 1.0 for w in ds["weight"]) and min(ds["weight"]) < 0 < max(ds["weight"])
     args = SFTConfig(output_dir=str(tmp_path), max_length=128, **trainer_args())
     one_step(SFTTrainer(model=tiny_causal_lm(tok), args=args, train_dataset=ds, processing_class=tok))
@@ -109,7 +109,7 @@ def test_reward_scores_train_a_regression_head(built: dict[str, Path], tok: Any,
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     ds = load(built["reward"])
-    assert ds.column_names == ["prompt", "completion", "score"]
+    assert ds.column_names == ["prompt", "completion", "score", "interaction_ids"]
 
     def encode(row: dict[str, Any]) -> dict[str, Any]:
         ids = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=True,

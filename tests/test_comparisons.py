@@ -1,6 +1,6 @@
 """Comparative ratings - `preference` (two answers to one prompt) and `rank` (several, best first, ties allowed) -
 through validation, the write path and its token rules, the API, import and export, stats, privacy deletion and
-the latest-comparison rule; and the signals stage, which counts them. Both databases."""
+the latest-comparison rule; and the signals stage and the DPO builder, which use them. Both databases."""
 
 from __future__ import annotations
 
@@ -443,7 +443,7 @@ def test_import_refuses_a_comparison_of_a_later_line_or_another_prompt(db_url: s
     assert (report["interactions_new"], report["ratings_new"]) == (1, 0)  # q-2 alone
 
 
-# -- the signals stage reads comparisons ---------------------------------------------------------------------------
+# -- the signals stage and the builders read comparisons -----------------------------------------------------------
 
 def with_comparisons(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     extra = {"good-5": [{"rater_id": "r1", "kind": "preference", "other_interaction_id": "bad-5", "value": "a"}],
@@ -468,3 +468,9 @@ def test_signals_count_comparisons_as_ratings_of_every_answer_they_name(db_url: 
     for fmt in ("dpo", "sft", "kto", "reward"):  # the run read every rating, comparisons too: nothing is stale
         built = build_dataset(compared, fmt, tmp_path / "compared" / fmt, BuildConfig())
         assert not [w for w in built.warnings if "arrived after" in w]
+        if fmt == "dpo":  # r1's preference is a pair; good-1 vs bad-1 has r2's win and u1's tie: no comparison pair
+            section = built.manifest["comparisons"]
+            assert (section["comparisons"], section["pairs"]) == (3, 1)
+            assert section["dropped"] | {"split": 1, "same_answer": 1} == section["dropped"]
+            plain_dpo = build_dataset(plain, fmt, tmp_path / "plain" / fmt, BuildConfig())
+            assert built.content_hash == plain_dpo.content_hash  # the same pairs: the rewards made them too

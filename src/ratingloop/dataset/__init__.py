@@ -5,10 +5,12 @@ answers.py  a recorded signals run + the store's texts -> one Answer per distinc
             corrections beside them (only the ratings the run counted)
 scrub.py    optional PII scrubbing (emails, phone numbers) of prompts and completions
 formats.py  answers -> rows: sft, kto (with TRL's class-balance weights: kto_class_weights), reward, weighted
-pairs.py    answers -> DPO pairs whose reward gap the uncertainty supports; corrections as chosen
+pairs.py    answers -> DPO pairs: comparisons every honest rater agreed on, then pairs whose reward gap the
+            uncertainty supports; corrections as chosen
 split.py    prompt-disjoint deterministic train/eval split, row de-duplication, the filter log
 write.py    DIR/train, DIR/eval (datasets.save_to_disk), *.jsonl, manifest.json, the DatasetSnapshot row
-rows.py     the typed rows between the steps; prompt_key(prompt): a prompt's identity (manifests list them)
+rows.py     the typed rows between the steps (each row names the interactions it came from);
+            prompt_key(prompt): a prompt's identity (manifests list them)
 run.py      build_dataset(engine, fmt, out_dir, cfg, signals=None) -> BuildResult: the stage top to bottom;
             reads the newest recorded signals run (or the one given), never refits
 purge.py    a deleted user out of built datasets: snapshots that held their data are purged (purged_at)

@@ -14,6 +14,9 @@ rows (kind, correction text, source). Writes nothing.
 - An answer only a reward model rated (source "judge", from `ratingloop label`) is `judged`: its
   confidence is scaled by `judge_weight` (0 drops it) and its sd grows to match, so the builders'
   thresholds treat a machine's guess as weaker evidence than a person's.
+- Comparisons (preference, rank) the run counted are read as tiers (`store.load_comparisons`) into
+  `pool.comparisons`, for the DPO builder; each counts among the ratings of every answer it names (an
+  answer rated only through comparisons is an answer like any other).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ratingloop.dataset.config import BuildConfig
 from ratingloop.dataset.rows import Answer, Correction, FilterLog, Message, prompt_key
 from ratingloop.dataset.scrub import scrub, scrub_messages
 from ratingloop.signals import StoredSignals
+from ratingloop.store import Comparison, load_comparisons
 from ratingloop.store import tables as t
 
 CHUNK = 500  # ids per IN (...) query; SQLite caps bound parameters
@@ -38,6 +42,7 @@ SD_FLOOR = 1e-3  # no reward is exact; keeps precision weights finite
 class Pool:
     answers: list[Answer] = field(default_factory=list)
     corrections: list[Correction] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)  # the ones the signals run counted, as tiers
     log: FilterLog = field(default_factory=FilterLog)
     n_interactions: int = 0
     n_scrubbed: int = 0  # answers or corrections whose text PII scrubbing changed
@@ -51,6 +56,10 @@ def load_pool(engine: Engine, signals: StoredSignals, cfg: BuildConfig) -> Pool:
     with engine.connect() as conn:
         convo = _interactions(conn, ids)
         ratings = _counted_ratings(conn, signals.counted)
+    pool.comparisons = _counted_comparisons(engine, signals.counted)
+    for c in pool.comparisons:  # a comparison is also a rating of every other answer it names
+        for iid in {x for tier in c.tiers for x in tier} - {c.interaction_id}:
+            ratings.setdefault(iid, []).append((c.rating_id, c.kind, "", c.source))
 
     singles: list[Answer] = []
     corrections: list[tuple[str, str, str]] = []  # (interaction id, rating id, text)
@@ -142,6 +151,12 @@ def _interactions(conn: Connection, ids: list[str]) -> dict[str, tuple[list[Mess
         for row in conn.execute(select(i.id, i.messages, i.response).where(i.id.in_(ids[k:k + CHUNK]))):
             out[row.id] = (row.messages or [], row.response or "")
     return out
+
+
+def _counted_comparisons(engine: Engine, counted: dict[str, list[str]]) -> list[Comparison]:
+    """The comparisons among the run's counted ratings, oldest first (a later one, not in the run, is left out)."""
+    ids = {rid for rids in counted.values() for rid in rids}
+    return [c for c in load_comparisons(engine, latest=False) if c.rating_id in ids]
 
 
 def _counted_ratings(conn: Connection, counted: dict[str, list[str]]) -> dict[str, list[tuple[str, str, str, str]]]:

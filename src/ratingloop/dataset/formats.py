@@ -1,9 +1,13 @@
 """Stage 4, dataset (`ratingloop build`): answers -> rows for the pointwise formats, in TRL's conversational shapes.
 
-    sft       {"prompt": [messages], "completion": [{"role": "assistant", ...}]}
+    sft       {"prompt": [messages], "completion": [{"role": "assistant", ...}], "interaction_ids": [...]}
     kto       sft's columns + "label" (bool: desirable)
     reward    sft's columns + "score" (the debiased reward, in [-1, 1])
     weighted  sft's columns + "weight" (reward * confidence, in [-1, 1]; < 0 pushes an answer down)
+
+`interaction_ids` names the interactions a row came from (several where identical answers were merged;
+for a correction, the interaction it corrects, the correction being a rating of it), so a row can be
+traced to its ratings (`ratingloop show`, the store). TRL's trainers read only the columns they need.
 
 SFT and KTO keep only answers whose reward is clear of the bar by z sds, so a lone thumbs from an
 unknown rater does not decide; reward and weighted keep every answer whose confidence reaches
@@ -31,12 +35,14 @@ def completion(text: str) -> list[dict[str, str]]:
 
 
 def answer_row(a: Answer, **extra: Any) -> Row:
-    return Row({"prompt": a.prompt, "completion": completion(a.completion), **extra}, a.prompt_key, a.rating_ids)
+    return Row({"prompt": a.prompt, "completion": completion(a.completion), **extra,
+                "interaction_ids": list(a.interaction_ids)}, a.prompt_key, a.rating_ids)
 
 
 def correction_row(c: Correction, **extra: Any) -> Row:
     a = c.corrected
-    return Row({"prompt": a.prompt, "completion": completion(c.text), **extra}, a.prompt_key, (c.rating_id,))
+    return Row({"prompt": a.prompt, "completion": completion(c.text), **extra,
+                "interaction_ids": list(a.interaction_ids)}, a.prompt_key, (c.rating_id,))
 
 
 def sft_rows(pool: Pool, cfg: BuildConfig, log: FilterLog) -> list[Row]:

@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
+# where a row came from, beside what it trains on: never part of a row's identity (split.dedupe_rows merges them)
+ID_COLUMNS = ("interaction_ids", "chosen_interaction_ids", "rejected_interaction_ids")
 
 
 def prompt_key(prompt: list[Message]) -> str:

@@ -40,8 +40,9 @@ UNIT = {"sft": "rows", "kto": "rows", "dpo": "pairs", "reward": "rows", "weighte
 HINT = {
     "sft": "lower sft_min_reward or z, or collect more ratings or corrections",
     "kto": "lower z, or collect more ratings so rewards are clearly positive or negative",
-    "dpo": "DPO needs two answers to one prompt whose rewards clearly differ, or a correction; "
-           "lower pair_z / pair_min_gap, log several answers per prompt, or collect corrections",
+    "dpo": "DPO needs two answers to one prompt that raters compared (and agreed on) or whose rewards clearly differ, "
+           "or a correction; ask raters to compare answers, lower pair_z / pair_min_gap, log several answers per "
+           "prompt, or collect corrections",
     "reward": "lower min_confidence or collect more ratings",
     "weighted": "lower min_confidence or weighted_min_abs, or collect more ratings",
 }
@@ -72,7 +73,11 @@ def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
     filters = FilterLog(dict(pool.log.removed), dict(pool.log.why))
 
     # --- rows, cleaned and split ---------------------------------------------------------------
-    rows = dpo_rows(pool, cfg, filters) if fmt == "dpo" else BUILDERS[fmt](pool, cfg, filters)
+    comparisons: dict[str, Any] | None = None
+    if fmt == "dpo":
+        rows, comparisons = dpo_rows(pool, cfg, filters)
+    else:
+        rows = BUILDERS[fmt](pool, cfg, filters)
     if cfg.dedupe:
         rows = dedupe_rows(rows, filters)
     if not rows:
@@ -87,6 +92,8 @@ def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
     created_at = datetime.now(timezone.utc)
     snapshot_id = new_id()
     manifest = _manifest(fmt, snapshot_id, created_at, pool, filters, train, eval_, cfg, signals, warnings)
+    if comparisons is not None:  # which comparisons became pairs, and why the others did not
+        manifest["comparisons"] = comparisons
     write_splits(out_dir, train, eval_)
     write_manifest(out_dir, manifest)
     try:
@@ -137,7 +144,7 @@ def _manifest(fmt: str, snapshot_id: str, created_at: datetime, pool: Pool, filt
         "rows": {"train": len(train), "eval": len(eval_)},
         "prompts": {"train": len({r.prompt_key for r in train}), "eval": len({r.prompt_key for r in eval_})},
         "inputs": {"rated_interactions": pool.n_interactions, "answers": len(pool.answers),
-                   "corrections": len(pool.corrections),
+                   "corrections": len(pool.corrections), "comparisons": len(pool.comparisons),
                    "flagged_raters": sorted(signals.flagged), "content_prior": signals.content},
         "filters": filters.as_list(),
         "pii_scrubbed": pool.n_scrubbed if cfg.scrub_pii else None,

@@ -14,7 +14,7 @@ import hashlib
 
 import orjson
 
-from ratingloop.dataset.rows import FilterLog, Row
+from ratingloop.dataset.rows import ID_COLUMNS, FilterLog, Row
 
 
 def row_bytes(row: Row) -> bytes:
@@ -22,14 +22,15 @@ def row_bytes(row: Row) -> bytes:
 
 
 def dedupe_rows(rows: list[Row], log: FilterLog) -> list[Row]:
-    """Identical rows (same columns, same values) once; the first keeps its rating ids, later copies
-    add theirs, since they too are behind the row."""
+    """Identical rows (same training columns, same values: the interaction ids they came from aside) once; the
+    first keeps its rating and interaction ids, later copies add theirs, since they too are behind the row."""
     seen: dict[bytes, Row] = {}
     for row in rows:
-        key = row_bytes(row)
+        key = orjson.dumps({k: v for k, v in row.data.items() if k not in ID_COLUMNS}, option=orjson.OPT_SORT_KEYS)
         if key in seen:
             first = seen[key]
-            seen[key] = Row(first.data, first.prompt_key, tuple(dict.fromkeys(first.rating_ids + row.rating_ids)))
+            data = {k: list(dict.fromkeys(v + row.data[k])) if k in ID_COLUMNS else v for k, v in first.data.items()}
+            seen[key] = Row(data, first.prompt_key, tuple(dict.fromkeys(first.rating_ids + row.rating_ids)))
         else:
             seen[key] = row
     log.add("duplicate_rows", len(rows) - len(seen), "rows were exact duplicates of another row")
