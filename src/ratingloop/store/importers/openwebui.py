@@ -73,6 +73,9 @@ def convert(data: Any, context: Context) -> tuple[list[dict[str, Any]], list[str
                                                     "conversation the rating is about is not in the export")]
     if not isinstance(rated_id, str) or not isinstance(history.get(rated_id), dict):
         return [], [], [FieldError("meta.message_id", f"{rated_id!r} is not a message of the snapshot's chat")]
+    if history[rated_id].get("role") != "assistant":
+        return [], [], [FieldError("meta.message_id", f"{rated_id!r} is a {history[rated_id].get('role')!r} "
+                                                      "message, not an answer")]
     chat_id = (fb.meta or {}).get("chat_id")
     prompt, errors = _above(history, rated_id)
     if errors:
@@ -87,7 +90,8 @@ def convert(data: Any, context: Context) -> tuple[list[dict[str, Any]], list[str
         ratings.append({"kind": "thumbs", "value": 1 if up else -1, "created_at": when})
         ratings += [{"kind": "preference", "other_interaction_id": s["id"], "value": "a" if up else "b",
                      "created_at": when} for s in siblings]
-    detail = (info.get("details") or (data.get("details") if isinstance(data, dict) else None) or {}).get("rating")
+    details = info.get("details") or (data.get("details") if isinstance(data, dict) else None)
+    detail = details.get("rating") if isinstance(details, dict) else None
     if detail is not None:
         ratings.append({"kind": "scale", "value": detail, "scale": [1, 10], "created_at": when})
     said = "; ".join(x for x in (str(info.get("reason") or "").replace("_", " ").strip(),
@@ -127,7 +131,7 @@ def _above(history: dict[str, Any], message_id: str) -> tuple[list[dict[str, Any
 
 def _siblings(history: dict[str, Any], message_id: str) -> list[str]:
     parent = history.get(history[message_id].get("parentId") or "")
-    children = parent.get("childrenIds") or [] if isinstance(parent, dict) else []
+    children = (parent.get("childrenIds") or []) if isinstance(parent, dict) else []
     return [c for c in children if c != message_id and isinstance(history.get(c), dict)
             and history[c].get("role") == "assistant"]
 
