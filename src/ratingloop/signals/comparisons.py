@@ -219,7 +219,7 @@ def moment_precision(a: np.ndarray, noise: np.ndarray, delta: np.ndarray, tie: n
 
 
 def tie_thresholds(eta: np.ndarray, sd: np.ndarray, tie: np.ndarray, weight: np.ndarray, rater: np.ndarray,
-                   n_raters: int, iters: int = 40) -> np.ndarray:
+                   n_raters: int, iters: int = 24) -> np.ndarray:
     """Per rater, the threshold delta at which their comparisons' predicted share of ties (d ~ N(eta, sd^2),
     what the other ratings say about each pair) matches their own share, shrunk toward the population's
     with TIE_PSEUDO pseudo-comparisons. 0 for everyone when nobody tied. Bisection, all raters at once."""
