@@ -255,6 +255,7 @@ def test_stats_count_comparisons_by_kind(db_url: str, engine: Engine) -> None:
     stats = json.loads(result.stdout)
     assert stats["ratings_by_kind"] == {"preference": 1, "rank": 1, "thumbs": 1}
     assert (stats["ratings"], stats["raters"]) == (3, 1)
+    assert stats["rated_interactions"] == 3  # x2 and x3 were rated only through comparisons, and count
 
 
 def test_a_later_comparison_by_the_same_rater_of_the_same_answers_supersedes_the_earlier(engine: Engine) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, union
 
-from ratingloop.store.tables import deleted_users, interactions, model_versions, ratings
+from ratingloop.store.tables import compared_interactions, deleted_users, interactions, model_versions, ratings
 
 
 def store_stats(engine: Engine) -> dict[str, Any]:
@@ -20,7 +20,9 @@ def store_stats(engine: Engine) -> dict[str, Any]:
         def by(column: Any) -> dict[str, int]:
             return {k: v for k, v in conn.execute(select(column, func.count()).group_by(column).order_by(column))}
 
-        rated = conn.execute(select(func.count(func.distinct(R.c.interaction_id)))).scalar_one()
+        # an answer rated only through comparisons (the b side of a preference, a rank's other tiers) counts too
+        named = union(select(R.c.interaction_id), select(compared_interactions.c.interaction_id)).subquery()
+        rated = conn.execute(select(func.count()).select_from(named)).scalar_one()
         first, last = conn.execute(select(func.min(I.c.created_at), func.max(I.c.created_at))).one()
         last_rating = conn.execute(select(func.max(R.c.created_at))).scalar_one()
         active = conn.execute(select(V.c.id).where(V.c.status == "active")).scalars().first()
