@@ -12,7 +12,6 @@ the users said); the rater model's flags against the true trolls; and what each 
 from __future__ import annotations
 
 import html
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,14 @@ class DemoData:
 
 
 def _svg(fig: Any) -> str:
+    """The pyplot figure as inline SVG (`ratingloop.report.svg`, cropped), and out of pyplot's figure list."""
     import matplotlib.pyplot as plt
 
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    from ratingloop.report import svg
+
+    text = svg(fig, tight=True)
     plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
+    return text
 
 
 def hidden_plot(data: DemoData) -> str:

@@ -1,18 +1,14 @@
 """Stage 2, serving: the dashboard's plots, as SVG text (serve/dashboard.py gathers the figures).
 
-Figures are built with matplotlib's object API (`Figure`, never pyplot): nothing is registered in a
-global figure list, so nothing outlives a request and no GUI backend is ever chosen. Text stays text in
-the SVG (small, searchable) and is never read as mathtext: a "$" in a rater id is just a "$". Hold
-`rendering()` while building: matplotlib's settings are process-wide, and requests render on threads.
+Figures are built with matplotlib's object API and the style, lock and SVG writer every page of plots
+shares (`ratingloop.report`: `rendering`, `svg`, `mark_raters`). Hold `rendering()` while building:
+matplotlib's settings are process-wide, and requests render on threads.
 """
 
 from __future__ import annotations
 
-import io
-import threading
-from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -21,23 +17,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from ratingloop.report import mark_raters, rendering, svg
+
 if TYPE_CHECKING:
     from ratingloop.serve.dashboard import Cell, Histogram, VersionSummary
     from ratingloop.signals import RaterSignal
 
-STYLE: dict[Any, Any] = {"svg.fonttype": "none", "text.parse_math": False, "font.size": 9, "axes.titlesize": 10,
-         "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False, "legend.fontsize": 8}
 WRAP = 4  # panels per row
 MAX_BARS = 25  # distinct values drawn as bars; more (a fine-grained scale) as a histogram
-MAX_NAMED = 20  # flagged raters named on the plot (the table lists all)
 VERDICT_COLORS = {"promote": "tab:green", "reject": "tab:red"}
-_LOCK = threading.Lock()
-
-
-@contextmanager
-def rendering() -> Iterator[None]:
-    with _LOCK, matplotlib.rc_context(STYLE):
-        yield
+__all__ = ["histograms", "over_time", "raters", "rendering", "version_colors", "versions"]
 
 
 def version_colors(versions: list[str]) -> dict[str, Any]:
@@ -91,7 +80,7 @@ def over_time(panels: dict[str, list[Cell]], colors: dict[str, Any]) -> str:
             count_ax.set_ylabel("ratings")
     fig.legend(handles=[Line2D([], [], color=colors[v], marker="o", label=v) for v in shown],
                loc="upper center", ncols=legend_cols)
-    return _svg(fig)
+    return svg(fig)
 
 
 def histograms(values: list[Histogram]) -> str | None:
@@ -113,32 +102,22 @@ def histograms(values: list[Histogram]) -> str | None:
         ax.set_ylim(bottom=0)
     for ax in axes[len(shown):]:
         ax.set_visible(False)
-    return _svg(fig)
+    return svg(fig)
 
 
 def raters(raters: list[RaterSignal]) -> str:
     """Reliability against ratings given, one point a rater; flagged ones as red crosses, named."""
     fig = Figure(figsize=(7.0, 4.0), layout="constrained")
     ax = fig.subplots()
-    ok = [r for r in raters if not r.flagged]
-    bad = [r for r in raters if r.flagged]
-    ax.scatter([r.n for r in ok], [r.reliability for r in ok], s=16, alpha=0.7, color="tab:blue", label="rater")
-    if bad:
-        ax.scatter([r.n for r in bad], [r.reliability for r in bad], s=40, marker="x", color="tab:red",
-                   label="flagged")
-    for r in bad[:MAX_NAMED]:
-        ax.annotate(r.rater_id[:24], (r.n, r.reliability), xytext=(4, 4), textcoords="offset points", fontsize=7,
-                    color="tab:red")
+    mark_raters(ax, raters, lambda r: r.n)
     counts = [r.n for r in raters if r.n > 0]
     if counts and max(counts) > 20 * min(counts):
         ax.set_xscale("log")
     else:
         ax.set_xlim(left=0)
-    ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("ratings given")
-    ax.set_ylabel("reliability")
     fig.legend(loc="outside right upper")  # beside the axes: never over a flagged rater's name
-    return _svg(fig)
+    return svg(fig)
 
 
 def versions(versions: list[VersionSummary], shares: dict[str, float]) -> str:
@@ -168,17 +147,9 @@ def versions(versions: list[VersionSummary], shares: dict[str, float]) -> str:
         ax.set_xlim(0, 1)
         ax.set_ylim(len(evaluated) - 0.5, -0.5)  # newest on top, as the bars
         ax.set_title("win rate against what served, with its CI")
-    return _svg(fig)
+    return svg(fig)
 
 
 def _dates(cells: list[Cell]) -> np.ndarray:
     """The cells' buckets as matplotlib's day numbers; buckets are naive UTC, and shown as given."""
     return np.asarray(date2num([datetime.fromisoformat(c.bucket) for c in cells]), float)
-
-
-def _svg(fig: Figure) -> str:
-    """The figure as an <svg> element for inline use (no XML prolog), without a creation date."""
-    out = io.StringIO()
-    fig.savefig(out, format="svg", metadata={"Date": None})
-    text = out.getvalue()
-    return text[text.index("<svg"):]
