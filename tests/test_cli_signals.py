@@ -57,3 +57,16 @@ def test_signals_on_an_empty_store_says_so_and_fails(sqlite_url: str, tmp_path: 
     assert "no ratings" in str(result.exception) + result.output
     result = runner.invoke(app, ["raters", "--db", sqlite_url])
     assert result.exit_code != 0 and "run `ratingloop signals` first" in str(result.exception)
+
+
+def test_signals_reads_its_settings_from_a_file_and_set(sqlite_url: str, tmp_path: Path) -> None:
+    assert runner.invoke(app, ["import", str(EXAMPLES), "--db", sqlite_url]).exit_code == 0
+    config = tmp_path / "ratingloop.toml"
+    config.write_text("[signals]\nmin_ratings = 1000\n")
+    result = runner.invoke(app, ["signals", "--config", str(config), "--db", sqlite_url])
+    assert result.exit_code != 0 and "needs at least 1000" in str(result.exception)
+    result = runner.invoke(app, ["signals", "--config", str(config), "--set", "signals.min_ratings=3",
+                                 "--db", sqlite_url])
+    assert result.exit_code == 0, result.output
+    unknown = runner.invoke(app, ["signals", "--set", "signals.zz=1", "--db", sqlite_url])
+    assert unknown.exit_code != 0 and "signals.zz: unknown key" in str(unknown.exception)

@@ -290,20 +290,25 @@ def signals(
                                                      "JSONL to this file")] = None,
     content_prior: Annotated[str, typer.Option("--content-prior", help="auto (on for mostly single-rated "
                                                "stores), on or off: judge answers by their content too")] = "auto",
+    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML; its [signals] table overrides defaults")
+                      ] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="signals.KEY=VALUE (repeatable)")] = None,
     db: Db = None,
 ) -> None:
     """Fit the rater model once and record the run (rewards, rater estimates, the ratings that counted)."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     import orjson
 
+    from ratingloop.pipeline_config import load_section
     from ratingloop.signals import SignalsConfig, record_signals
-    from ratingloop.signals.content import ContentConfig
 
     if content_prior not in ("auto", "on", "off"):
         raise typer.BadParameter("choose auto, on or off", param_hint="--content-prior")
+    cfg = load_section(SignalsConfig, "signals", config, set_)
+    cfg = replace(cfg, content=replace(cfg.content, mode=content_prior))
     with err.status("fitting the rater model ..."):
-        run = record_signals(_engine(db), SignalsConfig(content=ContentConfig(mode=content_prior)))
+        run = record_signals(_engine(db), cfg)
     if out_file is not None:
         with open(out_file, "wb") as f:
             for row in [*run.interactions, *run.unrated]:  # unrated ones (n_ratings 0): the content prior's
