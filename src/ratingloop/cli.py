@@ -285,6 +285,49 @@ def stats(db: Db = None, json_: Json = False) -> None:
 
 
 @app.command()
+def show(
+    interaction: Annotated[str, typer.Argument(help="the interaction's id")],
+    run_id: Annotated[Optional[str], typer.Option("--run", help="the signals run to explain the reward of "
+                                                  "(default: the newest)")] = None,
+    db: Db = None,
+    json_: Json = False,
+) -> None:
+    """One interaction: the conversation, every rating of it (comparisons that name it too, superseded ones
+    marked), and how the signals run reached its reward: which ratings counted and their raters' estimates."""
+    from ratingloop.signals import explain
+
+    with err.status(f"reading {interaction} ..."):
+        x = explain(_engine(db), interaction, run_id)
+    if json_:
+        out.print_json(json.dumps(x.as_dict()))
+        return
+    i = x.interaction
+    when = i["created_at"][:19].replace("T", " ")
+    out.print(f"interaction {i['id']}  {when}  model {i['model'] or '-'}  user {i['user_id'] or '-'}"
+              + (f"  tags {json.dumps(i['tags'])}" if i["tags"] else ""), highlight=False, markup=False)
+    for m in [*i["messages"], {"role": "answer", "content": i["response"]}]:
+        out.print(f"[bold]{escape(str(m.get('role')))}:[/] {escape(str(m.get('content')))}", highlight=False)
+    _print_ratings(x.ratings)
+    if x.signal is not None:
+        out.print(f"\nreward {x.signal.reward:+.3f}  confidence {x.signal.confidence:.3f}  n_ratings "
+                  f"{x.signal.n_ratings}  aspects " + ", ".join(f"{k} {v:+.2f}" for k, v in x.signal.aspects.items()),
+                  highlight=False)
+    out.print("\n".join(f"- {escape(note)}" for note in x.notes), highlight=False)
+
+
+def _print_ratings(lines: list[Any]) -> None:
+    out.print(f"\n{len(lines)} rating(s)" if lines else "\nno ratings", highlight=False)
+    for r in lines:
+        rater, says = r.rater, r.says if len(r.says) <= 100 else r.says[:97] + "..."
+        estimate = (f"  (rater: bias {rater.bias:+.2f}, scale {rater.scale:.2f}, reliability {rater.reliability:.2f}"
+                    + (", [red]flagged[/]" if rater.flagged else "") + ")") if rater else ""
+        status = r.status + (", superseded" if r.superseded and r.status != "superseded" else "")
+        out.print(f"  {status:<14} {r.rating['created_at'][:16].replace('T', ' ')}  {escape(r.rating['rater_id'])}: "
+                  f"{escape(says)}" + (f" = {r.reward:+.2f}" if r.reward is not None else "") + estimate,
+                  highlight=False)
+
+
+@app.command()
 def signals(
     out_file: Annotated[Optional[Path], typer.Option("--out", help="also write one reward per interaction as "
                                                      "JSONL to this file")] = None,
@@ -323,26 +366,57 @@ def signals(
 @app.command()
 def raters(
     run_id: Annotated[Optional[str], typer.Option("--run", help="a signals run id (default: the newest)")] = None,
+    summary: Annotated[bool, typer.Option("--summary", help="counts, how bias, scale and reliability spread over "
+                                          "the raters, and the flagged raters with why")] = False,
+    top: Annotated[Optional[int], typer.Option("--top", min=1, help="only the N raters with the most ratings "
+                                               "(flagged or not), most first")] = None,
     db: Db = None,
     json_: Json = False,
 ) -> None:
     """Per rater, from a recorded signals run: ratings, bias (lenient > 0 > harsh), scale, reliability, flags."""
     from dataclasses import asdict
 
-    from ratingloop.signals import load_signals
+    from ratingloop.signals import load_signals, summarise, top_raters
 
-    run = load_signals(_engine(db), run_id)
-    rows = sorted(run.raters, key=lambda r: (not r.flagged, -r.n, r.rater_id))
+    with err.status("reading the signals run ..."):
+        run = load_signals(_engine(db), run_id)
+    rows = top_raters(run, top) if top else sorted(run.raters, key=lambda r: (not r.flagged, -r.n, r.rater_id))
     if json_:
-        out.print_json(json.dumps([asdict(r) for r in rows]))
+        listing = [asdict(r) for r in rows]
+        out.print_json(json.dumps(summarise(run).as_dict() | ({"top": listing} if top else {}) if summary else listing))
         return
     err.print(f"signals run {run.run_id} ({str(run.created_at)[:19]}, {run.summary.get('n_ratings')} ratings)",
               highlight=False)
-    table = Table("rater", "n", "bias", "scale", "reliability", "flagged")
+    if summary:
+        _print_rater_summary(summarise(run))
+    if summary and not top:
+        return
+    table = Table("rater", "n", "bias", "scale", "reliability", "flagged",
+                  title=f"the {top} raters with the most ratings" if top else None)
     for r in rows:
-        table.add_row(r.rater_id, str(r.n), f"{r.bias:+.2f}", f"{r.scale:.2f}", f"{r.reliability:.2f}",
-                      "; ".join(r.reasons) if r.flagged else "")
+        table.add_row(escape(r.rater_id), str(r.n), f"{r.bias:+.2f}", f"{r.scale:.2f}", f"{r.reliability:.2f}",
+                      escape("; ".join(r.reasons)) if r.flagged else "")
     out.print(table)
+
+
+def _print_rater_summary(s: Any) -> None:
+    from ratingloop.signals import histogram_lines
+
+    out.print(f"{s.raters} raters ({s.well_observed} with {s.as_dict()['well_observed_min']}+ ratings), "
+              f"{s.ratings} ratings; {len(s.flagged)} flagged"
+              + (f" ({', '.join(f'{n} {kind}' for kind, n in s.flagged_by_kind.items())})" if s.flagged else ""),
+              highlight=False)
+    for d in (s.n, s.bias, s.scale, s.reliability):
+        out.print(f"{d.name:>17}: " + "  ".join(f"{q} {v:g}" for q, v in d.quantiles.items()), highlight=False)
+    for d, what in ((s.bias, "bias (lenient > 0 > harsh)"), (s.reliability, "reliability (share of rating variance "
+                                                                          "that is quality)")):
+        out.print(f"\n{what}, raters per bin:", highlight=False)
+        out.print("\n".join(histogram_lines(d)), highlight=False, markup=False)
+    if s.flagged:
+        out.print("\nflagged:", highlight=False)
+    for r in s.flagged:
+        out.print(f"  {r.rater_id} ({r.n} ratings, bias {r.bias:+.2f}, scale {r.scale:.2f}): {'; '.join(r.reasons)}",
+                  highlight=False, markup=False)
 
 
 @app.command()

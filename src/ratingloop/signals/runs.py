@@ -92,18 +92,26 @@ def record_signals(engine: Engine, cfg: SignalsConfig = SignalsConfig(),  # noqa
 
 def load_signals(engine: Engine, run_id: str | None = None) -> StoredSignals:
     """The signals run `run_id`, or the newest one. Never fits anything."""
-    r = t.signals_runs.c
-    query = select(t.signals_runs)
-    query = query.where(r.id == run_id) if run_id is not None else query.order_by(r.created_at.desc(), r.id.desc())
     with engine.connect() as conn:
-        run = conn.execute(query.limit(1)).first()
+        run = run_row(conn, run_id)
         if run is None:
-            if run_id is not None:
-                raise RatingloopError(f"signals run {run_id!r} is not in this store; `ratingloop raters` shows the "
-                                      "newest run, or run `ratingloop signals` first to record one")
             raise RatingloopError("no signals run in this store: run `ratingloop signals` first (it fits the rater "
                                   "model once and records the rewards every later stage reads)")
         return _read(conn, run)
+
+
+def run_row(conn: Connection, run_id: str | None = None) -> Any:
+    """The `signals_runs` row of `run_id`, or of the newest run (None when the store has none): what a reader
+    of a few of a run's rows (`signals.explain`) starts from instead of loading all of them. An unknown
+    `run_id` raises RatingloopError."""
+    r = t.signals_runs.c
+    query = select(t.signals_runs)
+    query = query.where(r.id == run_id) if run_id is not None else query.order_by(r.created_at.desc(), r.id.desc())
+    run = conn.execute(query.limit(1)).first()
+    if run is None and run_id is not None:
+        raise RatingloopError(f"signals run {run_id!r} is not in this store; `ratingloop raters` shows the "
+                              "newest run, or run `ratingloop signals` first to record one")
+    return run
 
 
 def ratings_since(engine: Engine, stored: StoredSignals) -> int:

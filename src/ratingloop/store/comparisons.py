@@ -47,10 +47,15 @@ def tiers(row: Any) -> Tiers:
     return ((a, b),) if value == 0 else ((a,), (b,)) if value > 0 else ((b,), (a,))
 
 
-def load_comparisons(engine: Engine, *, latest: bool = True) -> list[Comparison]:
-    """Every comparison in arrival order (created_at, then id); with `latest`, only those that count."""
+def load_comparisons(engine: Engine, *, latest: bool = True, naming: str | None = None) -> list[Comparison]:
+    """Every comparison in arrival order (created_at, then id); with `latest`, only those that count; with
+    `naming`, only those that name that interaction (the latest of which are the ones that count of all:
+    a comparison supersedes only one of the same answers, so one naming it too)."""
     r = t.ratings.c
     query = select(t.ratings).where(r.kind.in_(COMPARATIVE_KINDS)).order_by(r.created_at, r.id)
+    if naming is not None:
+        ci = t.compared_interactions.c
+        query = query.where(r.id.in_(select(ci.rating_id).where(ci.interaction_id == naming)))
     with engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
     out = [Comparison(row["id"], row["interaction_id"], row["rater_id"], row["source"], row["kind"], row["aspect"],
