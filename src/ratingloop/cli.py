@@ -428,6 +428,8 @@ def build(
     signals_run: Annotated[Optional[str], typer.Option(
         "--signals", help="the signals run to build from (default: the newest; `ratingloop signals` records one)")
     ] = None,
+    preview: Annotated[int, typer.Option("--preview", min=0, help="then print the first N rows of the set (train, "
+                                         "then eval), texts cut to a line", show_default=False)] = 0,
     db: Db = None,
 ) -> None:
     """Build a training set in TRL's format from a recorded signals run, with a manifest and a snapshot."""
@@ -437,7 +439,8 @@ def build(
 
     cfg = load_section(BuildConfig, "build", config, set_)
     engine = _engine(db)
-    run = load_signals(engine, signals_run)
+    with err.status("reading the signals run ..."):
+        run = load_signals(engine, signals_run)
     with err.status(f"building {format} ..."):
         result = build_dataset(engine, format, out_dir, cfg, run)
     for warning in result.warnings:
@@ -445,6 +448,22 @@ def build(
     out.print(f"{format}: {result.n_train} train + {result.n_eval} eval rows -> {out_dir} "
               f"(snapshot {result.snapshot_id}, hash {result.content_hash[:12]}, signals run {run.run_id})",
               highlight=False)
+    if preview:
+        _print_preview(out_dir, preview, {s.interaction_id: s.reward for s in (*run.interactions, *run.unrated)})
+
+
+def _print_preview(out_dir: Path, n: int, rewards: dict[str, float]) -> None:
+    from ratingloop.dataset import preview
+
+    rows = preview(out_dir, n, rewards)
+    out.print(f"\nthe first {len(rows)} row(s); reward: the signals run's, of the interactions each answer came from "
+              "(a correction's: the answer it corrects)", highlight=False)
+    for k, r in enumerate(rows, 1):
+        out.print(f"{k:>3}. {escape(f'[{r.split}]')} {escape(r.prompt)}", highlight=False)
+        for (role, text), ids in zip(r.answers, r.interaction_ids, strict=True):
+            out.print(f"     {role}: {escape(text)}  [dim]({escape(', '.join(ids))})[/]", highlight=False)
+        out.print("     " + "  ".join(x for x in (r.label, f"reward {r.reward}" if r.reward else "") if x),
+                  highlight=False)
 
 
 @model_app.command("pull")
