@@ -100,7 +100,8 @@ def _raters(run: StoredSignals | None) -> str:
              "Bias is how leniently a rater rates (reward units); reliability, the share of their ratings' variance "
              "that is the answers' quality.")
     spread = _table(["quantile over raters", *s.bias.quantiles],
-                    [[e(d.name), *(f"{v:+.2f}" if d is s.bias else f"{v:.2f}" for v in d.quantiles.values())]
+                    [[e(d.name), *(f"{v:+.2f}" if d is s.bias else f"{v:g}" if d is s.n else f"{v:.2f}"
+                                   for v in d.quantiles.values())]
                      for d in (s.n, s.bias, s.scale, s.reliability)])
     flagged = _table(["flagged rater", "ratings", "bias", "scale", "reliability", "why"],
                      [[f"<span class='flagged'>{e(r.rater_id)}</span>", str(r.n), f"{r.bias:+.2f}", f"{r.scale:.2f}",
