@@ -15,7 +15,16 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from ratingloop.cli import app
-from ratingloop.signals import explain, histogram_lines, load_signals, record_signals, summarise, top_raters
+from ratingloop.signals import (
+    SignalsConfig,
+    explain,
+    histogram_lines,
+    load_signals,
+    record_signals,
+    summarise,
+    top_raters,
+)
+from ratingloop.signals.normalise import ImplicitRewards
 from ratingloop.store import Limits, open_engine
 from ratingloop.store.jsonl import import_lines
 
@@ -167,3 +176,13 @@ def test_raters_summary_and_top_through_the_cli(sqlite_url: str) -> None:
     assert [r["rater_id"] for r in top] == [r.rater_id for r in top_raters(run, 2)]
     table = runner.invoke(app, ["raters", "--top", "1", "--db", sqlite_url]).stdout
     assert "the 1 raters with the most ratings" in table and top[0]["rater_id"] in table
+
+
+def test_show_values_an_implicit_signal_as_the_run_did(sqlite_url: str) -> None:
+    engine = store(sqlite_url)
+    copy = line("q1-good", "question 1", True, [{"rater_id": "asker", "kind": "implicit", "signal": "copy",
+                                                 "id": "q1-copy", "created_at": "2026-11-01T10:00:00Z"}])
+    assert import_lines(engine, [copy], Limits(), user_key=KEY).ratings_new == 1
+    record_signals(engine, SignalsConfig(implicit=ImplicitRewards(copy=0.9)))
+    shown = next(r for r in explain(engine, "q1-good").ratings if r.rating["id"] == "q1-copy")
+    assert (shown.says, shown.reward, shown.status) == ("implicit: copy", 0.9, "counted")

@@ -78,8 +78,7 @@ def explain(engine: Engine, interaction_id: str, run_id: str | None = None) -> E
         run = run_row(conn, run_id)
         signal, counted, raters = _run_rows(conn, run, interaction_id, ratings) if run else (None, set(), {})
     superseded = _superseded(engine, interaction_id, ratings)
-    implicit = ImplicitRewards(**run.config["implicit"]) if run and "implicit" in (run.config or {}) \
-        else ImplicitRewards()
+    implicit = _implicit(run.config if run else None)
     values = _rewards(ratings, implicit)
     lines = []
     for r, value in zip(ratings, values, strict=True):
@@ -205,6 +204,12 @@ def _status(r: Any, run: Any, counted: set[str], superseded: set[str], rater: Ra
     if rater is not None and rater.flagged:
         return "rater flagged"
     return "not counted"
+
+
+def _implicit(config: dict[str, Any] | None) -> ImplicitRewards:
+    """The implicit signals' rewards the run used (a run recorded by another version may name other ones)."""
+    given = (config or {}).get("implicit") or {}
+    return ImplicitRewards(**{k: v for k, v in given.items() if k in ImplicitRewards.__dataclass_fields__})
 
 
 def _exported(r: Any) -> dict[str, Any]:
