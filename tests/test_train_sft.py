@@ -144,6 +144,18 @@ def test_cli_train_then_versions_list(tiny_base: Path, tmp_path: Path) -> None:
     versions = json.loads(listed.stdout)
     assert [v["status"] for v in versions] == ["candidate"]
     assert versions[0]["adapter_path"] == str(out) and versions[0]["dataset_snapshot_id"]
+    # without --data the chain's other stages take their settings too: [build] and [signals], file or --set
+    (tmp_path / "chain.toml").write_text("[build]\nsft_min_reward = -1.0\n")
+    chained = runner.invoke(app, [*args[:6], str(tmp_path / "chained"), *args[7:], "--config",
+                                  str(tmp_path / "chain.toml"), "--set", "build.z=0", "--set", "signals.min_ratings=3"])
+    assert chained.exit_code == 0, chained.output
+    manifest = json.loads((tmp_path / "chained" / "data" / "manifest.json").read_text())
+    default = json.loads((out / "data" / "manifest.json").read_text())
+    assert manifest["config"]["sft_min_reward"] == -1.0 and manifest["config"]["z"] == 0.0
+    assert manifest["rows"]["train"] > default["rows"]["train"]  # a looser build keeps more answers
+    with_data = runner.invoke(app, ["train", "--method", "sft", "--data", str(out / "data"), "--out",
+                                    str(tmp_path / "w"), "--db", db, "--set", "build.z=0"])
+    assert with_data.exit_code == 2 and "built already" in with_data.output
     bad = runner.invoke(app, ["train", "--method", "sft", "--out", str(tmp_path / "x"), "--db", db,
                               "--set", "train.lora_rank=4"])
     assert bad.exit_code != 0 and "train.lora_rank: unknown key" in str(bad.exception)

@@ -525,8 +525,10 @@ def train(
     data: Annotated[Optional[Path], typer.Option("--data", help="a `ratingloop build` folder; default: record a "
                                                  "signals run and build the method's set into OUT/data")] = None,
     base: Annotated[Optional[str], typer.Option("--base", help="default, a model folder or a cached hub id")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML; its train table overrides defaults")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="train.KEY=VALUE (repeatable)")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML; its train table overrides defaults, and "
+                                                   "without --data its build and signals tables too")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="train.KEY=VALUE (repeatable); without --data "
+                                                      "also build.KEY=VALUE and signals.KEY=VALUE")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="a crashed run's id: continue it from its "
                                                   "newest checkpoint (its own folder, config and data)")] = None,
     db: Db = None,
@@ -546,11 +548,22 @@ def train(
     else:
         if out_dir is None:
             raise typer.BadParameter("where the trained model goes: --out DIR", param_hint="--out")
-        cfg = load_section(TrainConfig, "train", config, set_, defaults=METHOD_DEFAULTS.get(method))
+        stages = {"build": [], "signals": []}  # the chain's other stages, for `train` without --data
+        for item in set_ or []:
+            stages.get(item.partition("=")[0].strip().split(".")[0], []).append(item)
+        if data is not None and (stages["build"] or stages["signals"]):
+            raise typer.BadParameter("build.* and signals.* settings apply when train builds its set (without "
+                                     "--data); a --data folder is built already", param_hint="--set")
+        train_sets = [item for item in set_ or [] if item not in stages["build"] + stages["signals"]]
+        cfg = load_section(TrainConfig, "train", config, train_sets, defaults=METHOD_DEFAULTS.get(method))
         if data is None:  # signals -> build -> train, as a loop round does
+            from ratingloop.dataset import BuildConfig
             from ratingloop.loop import train_from_store
+            from ratingloop.signals import SignalsConfig
 
-            result = train_from_store(_engine(db), method, out_dir=out_dir, base=base, cfg=cfg)
+            result = train_from_store(_engine(db), method, out_dir=out_dir, base=base, cfg=cfg,
+                                      build_cfg=load_section(BuildConfig, "build", config, stages["build"]),
+                                      signals_cfg=load_section(SignalsConfig, "signals", config, stages["signals"]))
         else:
             result = run_training(_engine(db), method, out_dir=out_dir, data_dir=data, base=base, cfg=cfg)
     if not result.version_id:
