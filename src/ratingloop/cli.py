@@ -548,7 +548,8 @@ def train(
     else:
         if out_dir is None:
             raise typer.BadParameter("where the trained model goes: --out DIR", param_hint="--out")
-        stages = {"build": [], "signals": []}  # the chain's other stages, for `train` without --data
+        # the chain's other stages' settings, for `train` without --data
+        stages: dict[str, list[str]] = {"build": [], "signals": []}
         for item in set_ or []:
             stages.get(item.partition("=")[0].strip().split(".")[0], []).append(item)
         if data is not None and (stages["build"] or stages["signals"]):
