@@ -85,7 +85,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     conds = sorted({(r["trolls"], r["rated_share"]) for r in rows})
-    fig, ax = plt.subplots(figsize=(2.2 + 1.9 * len(conds), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 + 1.9 * len(conds)), 3.6))
     width = 0.26
     colours = {"naive": "#9e9e9e", "default": "#1f77b4", "oracle": "#2ca02c"}
     for a, arm in enumerate(ARMS):
@@ -100,7 +100,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xticks(range(len(conds)), [f"{t:.0%} trolls\n{r:.0%} rated" for t, r in conds])
     ax.set_ylabel("hidden score uplift over the base")
-    ax.set_title("Uplift per pipeline (bar: median over seeds; dots: seeds)", fontsize=10)
+    ax.set_title("Uplift per pipeline (bars: median over seeds; dots: each seed)", fontsize=10)
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
