@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -69,19 +70,38 @@ def pg_server() -> str:
     return PG_URL
 
 
+@contextmanager
+def fresh_schema(server: str) -> Iterator[str]:
+    """A URL of a fresh, empty schema on the real PostgreSQL `server`, dropped when the block ends."""
+    schema = f"rl_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in server else "?"
+    try:
+        yield f"{server}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 @pytest.fixture
 def pg_url(pg_server: str) -> Iterator[str]:
     """A fresh, empty schema on the real server, dropped after the test."""
-    schema = f"rl_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in pg_server else "?"
-    yield f"{pg_server}{sep}options=-csearch_path%3D{schema}"
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with fresh_schema(pg_server) as url:
+        yield url
+
+
+@pytest.fixture
+def other_url(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """A second empty store on the same kind of database as `db_url` (import -> export -> import elsewhere)."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'other.db'}"
+        return
+    with fresh_schema(db_url.split("?")[0]) as url:
+        yield url
 
 
 @pytest.fixture

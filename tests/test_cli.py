@@ -6,17 +6,16 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from ratingloop.cli import app
 from ratingloop.store import open_engine
-from ratingloop.store.db import current_revision, dispose_engines, head_revision
+from ratingloop.store.db import current_revision, head_revision
 from ratingloop.store.tables import Interaction, Rating
 
 runner = CliRunner()
@@ -66,22 +65,6 @@ def count(url: str, table: Any, where: Any = None) -> int:
         return conn.execute(query if where is None else query.where(where)).scalar_one()
 
 
-@pytest.fixture
-def fresh_url(db_url: str, tmp_path: Path) -> Iterator[str]:
-    """A second empty store on the same kind of database as `db_url`."""
-    if db_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    base = db_url.split("?")[0]
-    schema = f"rl_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    yield f"{base}?options=-csearch_path%3D{schema}"
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
 
 
 # -- import ---------------------------------------------------------------------------------------------------
@@ -224,14 +207,14 @@ def test_import_missing_file_is_an_error(tmp_path: Path) -> None:
 
 # -- export -------------------------------------------------------------------------------------------------------
 
-def test_export_import_export_is_byte_identical(db_url: str, fresh_url: str, tmp_path: Path) -> None:
+def test_export_import_export_is_byte_identical(db_url: str, other_url: str, tmp_path: Path) -> None:
     assert cli("import", str(write_jsonl(tmp_path / "in.jsonl", LINES)), "--db", db_url).exit_code == 0
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     assert cli("export", "--format", "raw", "--out", str(first), "--db", db_url).exit_code == 0
-    imported = cli("import", str(first), "--db", fresh_url, "--json")
+    imported = cli("import", str(first), "--db", other_url, "--json")
     assert imported.exit_code == 0, imported.output
     assert json.loads(imported.stdout)["ratings_new"] == 8
-    assert cli("export", "--format", "raw", "--out", str(second), "--db", fresh_url).exit_code == 0
+    assert cli("export", "--format", "raw", "--out", str(second), "--db", other_url).exit_code == 0
     assert first.read_bytes() == second.read_bytes()
     exported = [json.loads(line) for line in first.read_text().splitlines()]
     assert len(exported) == 3 and sum(len(x["ratings"]) for x in exported) == 8

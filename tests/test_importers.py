@@ -19,18 +19,16 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ratingloop.cli import app
 from ratingloop.store import load_comparisons, open_engine
-from ratingloop.store.db import dispose_engines
 from ratingloop.store.importers import hh
 from ratingloop.store.tables import Interaction, Rating
 
@@ -71,22 +69,6 @@ def interactions(url: str) -> dict[str, Any]:
         return {r["id"]: r for r in conn.execute(select(Interaction)).mappings()}
 
 
-@pytest.fixture
-def other_url(db_url: str, tmp_path: Path) -> Iterator[str]:
-    """A second empty store on the same kind of database as `db_url`."""
-    if db_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'other.db'}"
-        return
-    base = db_url.split("?")[0]
-    schema = f"rl_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    yield f"{base}?options=-csearch_path%3D{schema}"
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
 
 
 def round_trip(url: str, other: str, tmp_path: Path) -> None:
