@@ -53,6 +53,16 @@ def _round_versions(engine: Engine, round_id: str) -> list[str]:
     return [v.id for v in list_versions(engine) if v.training_run_id in runs]
 
 
+def test_a_round_watched_by_a_person_draws_its_training_and_gate_bars(engine: Engine, tiny_base: Path,
+                                                                       tmp_path: Path, capsys: Any) -> None:
+    """What the demo and `ratingloop loop` on a terminal do: progress=True inside the durable round's thread."""
+    [outcome] = run_loop(engine, _spec(tiny_base, tmp_path), user_key=KEY, once=True, progress=True)
+    assert outcome["outcome"] in ("promoted", "rejected")
+    drawn = capsys.readouterr().err
+    assert "training sft" in drawn and "loss" in drawn and "tokens/s" in drawn  # the training bar
+    assert drawn.count("generating") >= 2  # the gate's answers from both versions
+
+
 def test_a_round_records_its_steps_and_a_second_once_has_nothing_to_do(engine: Engine, tiny_base: Path,
                                                                         tmp_path: Path) -> None:
     said: list[str] = []

@@ -4,10 +4,12 @@ and prints with rich. Results go to stdout (tables, or JSON with --json); logs a
 
 from __future__ import annotations
 
+import faulthandler
 import ipaddress
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -934,6 +936,8 @@ def loop_status(
 
 
 def main() -> None:
+    # `kill -USR1 PID` prints every thread's stack to stderr: where a stuck run (or a demo that ignores Ctrl-C) is
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # the CLI draws one rich bar per step; Hugging Face's per-file bars (loading and writing weights, GGUF
     # conversion, datasets' map/save) would interleave with it. Set before anything imports transformers.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
