@@ -227,7 +227,11 @@ class _Server:
         self.log = open(self.tmp / "server.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ratingloop.cli", "serve", "--model", str(self.model), "--port", str(port),
-             "--db", self.db, "--no-access-log"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+             "--db", self.db, "--no-access-log"], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            # its own process group: a terminal's Ctrl-C reaches the demo alone, which stops the server itself
+            # (had both seen it, the users' chats could fail on the vanished server before the demo's main thread
+            # handled the interrupt, and the demo then ended with that error instead of its own exit)
+            start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:
             with self.err.status("starting ratingloop serve (loading the model) ..."):
