@@ -7,7 +7,9 @@ and fails the run when CI=true, so a broken database never passes as a skip.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +39,12 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
     monkeypatch.chdir(tmp_path)  # keeps a stray .env out
     yield
     dispose_engines()
+    # DBOS gives its logger a StreamHandler on sys.stderr as it is when DBOS first starts in a process; under a
+    # test's capsys that is pytest's capture stream, closed after the test, and every later DBOS start in the
+    # worker flushes it ("I/O operation on closed file")
+    for handler in logging.getLogger("dbos").handlers:
+        if type(handler) is logging.StreamHandler and handler.stream not in (sys.__stderr__, sys.__stdout__):
+            handler.stream = sys.__stderr__  # not setStream: it flushes the closed one first
 
 
 @pytest.fixture(scope="session")
