@@ -27,6 +27,7 @@ def trainer_args(cfg: TrainConfig, out_dir: Path, progress: bool) -> dict[str, A
     from transformers import set_seed
 
     set_seed(cfg.seed)  # before TRL wraps the model: the LoRA A matrices are drawn then
+    project_answer_positions_only()
     return dict(
         output_dir=str(out_dir / "checkpoints"),
         report_to=reporters(),
@@ -45,6 +46,32 @@ def trainer_args(cfg: TrainConfig, out_dir: Path, progress: bool) -> dict[str, A
         # a CPU-only machine: without use_cpu, torchrun / accelerate launch would not set up CPU (gloo) DDP
         use_cpu=not torch.cuda.is_available(),
     )
+
+
+def project_answer_positions_only() -> None:
+    """Make TRL's fused LM head project only the positions the loss reads on a CPU too, as it does on a GPU.
+
+    `trl.trainer.utils.add_fused_lm_head` (every TRL trainer's log-probabilities, and our pointwise trainer's)
+    gathers the labelled positions before the 49k-column LM head only where Triton runs (`_use_triton`); on any
+    other device it projects every position, prompt and padding included, because on a compiled device (XLA,
+    Neuron) a count that changes per batch would recompile the graph. A CPU runs eagerly, so the gather costs
+    nothing there; each kept position's log-probability is the same number either way (tests/test_train_lm_head.py).
+    Measured on the default model (bench/results.md, "Faster rounds"): a KTO step 20.3 s -> 11.9 s on 2 AVX2 cores.
+    Idempotent; a TRL without that hook is left as it is (the test fails, so an upgrade that moves it is seen).
+    """
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:
+        return
+    decides = getattr(trl_utils, "_use_triton", None)
+    if decides is None or getattr(decides, "ratingloop_cpu", False):
+        return
+
+    def compact(device: Any) -> bool:
+        return device.type == "cpu" or bool(decides(device))
+
+    compact.ratingloop_cpu = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = compact
 
 
 def reporters() -> list[str] | str:
