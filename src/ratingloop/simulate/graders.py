@@ -45,7 +45,15 @@ def direct(messages: Messages, answer: str) -> float:
     return 1.0 if len(first) < 200 else 0.5  # a first sentence that runs on buries the answer
 
 
-GRADERS: dict[str, Callable[[Messages, str], float]] = {"concise": concise, "direct": direct}
+def thorough(messages: Messages, answer: str) -> float:
+    """Users who want the whole explanation, the mirror of `concise`: -1 for a bare answer of up to ~25
+    words, rising to +1 at 4x that; empty or near-empty answers score -1 too."""
+    if len(answer.split()) < MIN_WORDS:
+        return -1.0
+    return -concise(messages, answer)
+
+
+GRADERS: dict[str, Callable[[Messages, str], float]] = {"concise": concise, "direct": direct, "thorough": thorough}
 
 
 @dataclass(frozen=True)
