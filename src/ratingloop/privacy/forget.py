@@ -8,6 +8,7 @@ In one transaction (`store.delete_user`, which also leaves the tombstone and, on
 deleted rows in the database file or its WAL):
     store     their interactions, every rating on them, every rating they gave, their rater row
     signals   their rater estimates in every signals run (rewards and counted ratings go by cascade)
+    personal  their preference weights (and cohort) in every personal run
     dataset   snapshots whose rows used a removed rating marked purged; their id out of other manifests
     registry  versions trained on a purged snapshot, and versions trained on top of those, marked tainted
     evaluate  the examples with their prompts out of evaluation reports and the loop's eval steps
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from ratingloop import dataset, evaluate, signals
+from ratingloop import dataset, evaluate, personal, signals
 from ratingloop.models.embed import content_text, forget_texts, prompt_text
 from ratingloop.models.registry import taint_versions
 from ratingloop.store import Footprint, delete_user
@@ -36,7 +37,7 @@ def forget_user(engine: Engine, user_id: str, *, user_key: bytes, data_dir: Path
     """Delete `user_id` everywhere (see the module's notes); `user_key` is the server's secret, which the
     tombstone is keyed with, and `data_dir` holds the embedding caches."""
     footprint = delete_user(engine, user_id, user_key=user_key, purges=[
-        signals.purge_user, dataset.purge_user, taint_versions, evaluate.purge_user])
+        signals.purge_user, personal.purge_user, dataset.purge_user, taint_versions, evaluate.purge_user])
     vectors = forget_texts(Path(data_dir), _embedded_texts(footprint))
     dataset.remove_purged_files(engine, footprint)
     log.info("forgot a user: %d interactions, %d ratings, %d cached vectors", footprint.interactions,

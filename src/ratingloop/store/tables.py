@@ -289,6 +289,47 @@ class SignalsRater(Base):
     reasons: Mapped[list[str]] = mapped_column(Json)
 
 
+class PersonalRun(Base):
+    """One fit of per-user preference weights and cohorts (ratingloop.personal) from one signals run."""
+
+    __tablename__ = "personal_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # ULID: the newest sorts last
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    signals_run_id: Mapped[str] = mapped_column(ForeignKey("signals_runs.id"), index=True)  # the rewards it read
+    config: Mapped[dict[str, Any]] = mapped_column(Json)  # the PersonalConfig it ran with
+    k: Mapped[int] = mapped_column(Integer)  # cohorts chosen (0: nobody could be placed)
+    heldout: Mapped[list[dict[str, Any]]] = mapped_column(Json)  # per K tried: held-out log-likelihood of ratings
+    summary: Mapped[dict[str, Any]] = mapped_column(Json)  # counts, features, population weights, notes
+
+
+class PersonalUser(Base):
+    """Per end user and personal run: what drives their ratings, and their cohort. Deleted with the user."""
+
+    __tablename__ = "personal_users"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("personal_runs.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ID, primary_key=True, index=True)  # the rater id of their ratings
+    weights: Mapped[dict[str, Any]] = mapped_column(Json)  # feature -> weight (sds of their ratings per unit)
+    mean_rating: Mapped[float] = mapped_column(Float)  # in [-1, 1]: leniency, kept apart from taste
+    rating_sd: Mapped[float] = mapped_column(Float)  # the sd of their ratings (0: all one value)
+    n_ratings: Mapped[int] = mapped_column(Integer)
+    cohort: Mapped[int | None] = mapped_column(Integer)  # None: not placed (too few ratings, or all one value)
+    status: Mapped[str] = mapped_column(String(20))  # placed | few | constant
+
+
+class PersonalCohort(Base):
+    """Per cohort and personal run: its size, its users' mean weights and what sets it apart."""
+
+    __tablename__ = "personal_cohorts"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("personal_runs.id", ondelete="CASCADE"), primary_key=True)
+    cohort: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # 0 is the largest
+    n_users: Mapped[int] = mapped_column(Integer)
+    weights: Mapped[dict[str, Any]] = mapped_column(Json)
+    description: Mapped[str] = mapped_column(Text)
+
+
 class LoopRound(Base):
     """One round of `ratingloop loop`: why it started, how it ended. Its id is also the durable engine's
     workflow id, so a round killed mid-way is resumed under the same id on the next start."""
@@ -338,5 +379,8 @@ signals_runs: Table = SignalsRun.__table__  # type: ignore[assignment]
 signals_ratings: Table = SignalsRating.__table__  # type: ignore[assignment]
 signals_interactions: Table = SignalsInteraction.__table__  # type: ignore[assignment]
 signals_raters: Table = SignalsRater.__table__  # type: ignore[assignment]
+personal_runs: Table = PersonalRun.__table__  # type: ignore[assignment]
+personal_users: Table = PersonalUser.__table__  # type: ignore[assignment]
+personal_cohorts: Table = PersonalCohort.__table__  # type: ignore[assignment]
 loop_rounds: Table = LoopRound.__table__  # type: ignore[assignment]
 loop_steps: Table = LoopStep.__table__  # type: ignore[assignment]
