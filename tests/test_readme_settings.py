@@ -1,6 +1,6 @@
-"""The README's tables of `[build]` and `[signals]` settings cannot go stale: every top-level field of
-BuildConfig and SignalsConfig has a row, no row names a field that is gone, and a plain default (a number,
-a flag, a string, unset) reads as TOML writes it."""
+"""The README's tables of `[build]`, `[signals]` and `[personal]` settings cannot go stale: every top-level field
+of BuildConfig, SignalsConfig and PersonalConfig has a row, no row names a field that is gone, and a plain default
+(a number, a flag, a string, unset) reads as TOML writes it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ratingloop.dataset import BuildConfig
+from ratingloop.personal import PersonalConfig
 from ratingloop.signals import SignalsConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -42,7 +43,8 @@ def toml(value: Any) -> str:
     return f"`{value!r}`"
 
 
-@pytest.mark.parametrize(("cls", "section"), [(BuildConfig, "build"), (SignalsConfig, "signals")])
+@pytest.mark.parametrize(("cls", "section"), [(BuildConfig, "build"), (SignalsConfig, "signals"),
+                                                     (PersonalConfig, "personal")])
 def test_every_setting_has_a_row_with_its_default(cls: type, section: str) -> None:
     rows = table(section)
     fields = {f.name: f for f in dataclasses.fields(cls)}
