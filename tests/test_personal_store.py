@@ -96,6 +96,7 @@ def test_cohorts_fits_once_lists_the_cohorts_and_refits_with_fit(sqlite_url: str
     assert run["k"] == 2 and [c["n_users"] for c in run["cohorts"]] == [17, 7]
     assert run["run_id"] in shown.stderr  # the same run: listing never refits
     assert {"signals_run_id", "heldout", "summary", "config", "created_at"} <= set(run)
+    assert run["newer_signals_run"] is None
 
     refused = runner.invoke(app, ["cohorts", "--set", "personal.max_cohorts=1", "--db", sqlite_url])
     assert refused.exit_code != 0 and "add --fit" in refused.output
@@ -124,7 +125,18 @@ def test_users_show_gives_weights_count_and_cohort_or_says_why_not(sqlite_url: s
     world, _ = grouped_store(engine, SMALL)
     nothing = runner.invoke(app, ["users", "show", world.users[0], "--db", sqlite_url])
     assert nothing.exit_code == 1 and "no personal run in this store" in str(nothing.exception)
+    # a fan who liked all 6 answers they got, and a user who rated only 3 (under min_user_ratings, 5)
+    extra = [{"id": f"{who}-{k}", "messages": [{"role": "user", "content": "hi"}], "response": "hello " * (k + 1),
+              "user_id": who, "ratings": [{"rater_id": who, "kind": "thumbs", "value": 1 if who == "fan" or k else -1}]}
+             for who, n in (("fan", 6), ("brief", 3)) for k in range(n)]
+    assert not import_lines(engine, [json.dumps(x).encode() for x in extra], Limits(), user_key=KEY).bad
+    record_signals(engine, NO_CONTENT)
     record_personal(engine)
+    fan = runner.invoke(app, ["users", "show", "fan", "--db", sqlite_url])
+    assert fan.exit_code == 0 and "6 ratings, mean +1.00, sd 0.00; in no cohort: every rating the same (+1.00)" \
+        in fan.stdout
+    brief = runner.invoke(app, ["users", "show", "brief", "--db", sqlite_url])
+    assert brief.exit_code == 0 and "3 ratings" in brief.stdout and "in no cohort: too few ratings" in brief.stdout
     uid = next(u for u, g in world.group_of.items() if g == 1 and user_weights(engine, u).cohort is not None)
     shown = json.loads(runner.invoke(app, ["users", "show", uid, "--json", "--db", sqlite_url]).stdout)
     assert shown["cohort"] == 1 and shown["status"] == "placed" and 8 <= shown["n_ratings"] <= 12

@@ -506,10 +506,11 @@ def cohorts(
             run = record_personal(engine, cfg)
     elif config or set_:
         raise typer.BadParameter("settings apply to a new fit: add --fit", param_hint="--config/--set")
+    newer = newer_signals_run(engine, run)
     if json_:
-        out.print_json(json.dumps(run.as_dict()))
+        out.print_json(json.dumps(run.as_dict() | {"newer_signals_run": newer}))
         return
-    _print_personal_run(run, newer_signals_run(engine, run))
+    _print_personal_run(run, newer)
     table = Table("cohort", "users", "what sets it apart", "weights")
     for c in run.cohorts:
         table.add_row(str(c.cohort), str(c.n_users), escape(c.description),
@@ -543,7 +544,7 @@ def users_show(
         out.print_json(json.dumps(u.as_dict()))
         return
     where = {"placed": f"cohort {u.cohort}: {u.cohort_description}",
-             "few": "in no cohort: too few ratings to place them (their weights are mostly everyone's)",
+             "few": "in no cohort: too few ratings to place them (their weights lean on everyone's)",
              "constant": f"in no cohort: every rating the same ({u.mean_rating:+.2f}), which says nothing about what "
                          "moves them (everyone's weights shown)"}[u.status]
     out.print(f"user {escape(u.user_id)} (personal run {u.run_id}): {u.n_ratings} ratings, mean {u.mean_rating:+.2f}, "

@@ -37,7 +37,7 @@ LENGTH = "length"
 
 @dataclass(frozen=True)
 class UserRatings:
-    """One row per counted overall rating of an end user, grouped by user (rows of a user are contiguous)."""
+    """One row per counted overall rating of an end user."""
 
     signals_run_id: str
     users: list[str]  # user index -> rater id
