@@ -486,7 +486,7 @@ def report(
 def cohorts(
     fit: Annotated[bool, typer.Option("--fit", help="fit a new personal run from the newest signals run first")
                    ] = False,
-    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML; its [personal] table overrides defaults "
+    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML; its \\[personal] table overrides defaults "
                                                    "(with --fit)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="personal.KEY=VALUE (repeatable; with --fit)")
                     ] = None,
