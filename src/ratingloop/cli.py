@@ -120,8 +120,26 @@ def serve(
         choice = choose_model(engine, "active")
         err.print(f"loading {model if model and choice.version_id is None else choice.label} ...", highlight=False)
     err.print(f"ratingloop serving {settings.url.split('@')[-1]} on http://{host}:{port}  (chat: /, docs: /docs)")
+    _exit_with_parent(os.environ.get("RATINGLOOP_EXIT_WITH_PARENT"))
     uvicorn.run("ratingloop.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 access_log=access_log, log_level="info", log_config=uvicorn_log_config())
+
+
+def _exit_with_parent(parent: str | None) -> None:
+    """A server started by another process (the demo sets RATINGLOOP_EXIT_WITH_PARENT to its pid) stops itself
+    when that process is gone, however it went: a demo killed outright could not stop it, and its server lived
+    on, holding a port and a CPU, in a session of its own (which Ctrl-C to the demo does not reach)."""
+    if not parent or not parent.isdigit():
+        return
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful stop
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _is_loopback(host: str) -> bool:

@@ -223,7 +223,8 @@ class _Server:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = {**os.environ, "RATINGLOOP_ADMIN_KEY": ADMIN_KEY, "RATINGLOOP_SECRET": SECRET,
-               "RATINGLOOP_DATA_DIR": str(self.tmp / "data"), "RATINGLOOP_TOKEN_RATINGS_PER_S": "0"}
+               "RATINGLOOP_DATA_DIR": str(self.tmp / "data"), "RATINGLOOP_TOKEN_RATINGS_PER_S": "0",
+               "RATINGLOOP_EXIT_WITH_PARENT": str(os.getpid())}  # should the demo be killed outright
         self.log = open(self.tmp / "server.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ratingloop.cli", "serve", "--model", str(self.model), "--port", str(port),

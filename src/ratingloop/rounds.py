@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator
 
 from sqlalchemy import Engine, func, insert, select, text, update
 
+from ratingloop import waits
 from ratingloop.errors import RatingloopError
 from ratingloop.store import tables as t
 from ratingloop.store.db import write_transaction
@@ -342,6 +343,9 @@ class Durable:
 
         with SetWorkflowID(round_id):
             handle = DBOS.start_workflow(_registered[WORKFLOW], round_id, spec)
+        future = getattr(handle, "future", None)  # DBOS runs the round in a thread of its own
+        if future is not None:
+            waits.result(future)  # so that Ctrl-C reaches the caller during a round, not after it
         result: dict[str, Any] = handle.get_result()
         return result
 

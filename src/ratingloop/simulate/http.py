@@ -20,6 +20,7 @@ from typing import Any, Callable
 import httpx
 import numpy as np
 
+from ratingloop import waits
 from ratingloop.errors import RatingloopError
 from ratingloop.simulate.bank import BankPrompt, bank
 from ratingloop.simulate.users import PopulationConfig, SimUser, make_users
@@ -82,7 +83,7 @@ def simulate_http(url: str, key: str | None, cfg: PopulationConfig, *, turns: in
     pool = ThreadPoolExecutor(max(1, concurrency))
     try:
         for future in [pool.submit(run_user, k, u) for k, u in enumerate(users)]:
-            future.result()  # the first failure stops the run with its message
+            waits.result(future)  # the first failure stops the run with its message; Ctrl-C stops it at once
     except BaseException:  # a failure or Ctrl-C: no waiting users start, none is waited for
         pool.shutdown(wait=False, cancel_futures=True)
         raise
