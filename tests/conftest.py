@@ -141,3 +141,15 @@ def running_server(db_url: str, tmp_path: Path) -> Iterator[str]:
     are off: the tests that use it send thousands of ratings from one address on purpose."""
     with running_server_at(db_url, tmp_path, env=UNLIMITED) as base:
         yield base
+
+
+@pytest.fixture(autouse=True)
+def _sigint_at_its_default() -> Iterator[None]:
+    """Every test starts with Python's own Ctrl-C handling, and the processes it starts inherit SIGINT unignored:
+    in full runs a test worker's SIGINT was found ignored (by an earlier test or a library it ran), and the demo it
+    started for the Ctrl-C test then never saw the interrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    yield

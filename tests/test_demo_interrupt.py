@@ -16,6 +16,13 @@ import pytest
 
 from servers import healthy
 
+# `ratingloop demo` as a terminal's foreground job starts it: SIGINT at Python's default. A child inherits an ignored
+# SIGINT from its parent, and in full suite runs the test worker's was (some earlier test in the worker had
+# left it so; the Ctrl-C then never arrived and the demo ran on into its first round)
+FOREGROUND_DEMO = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                   "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); sys.argv = ['ratingloop', 'demo']; "
+                   "from ratingloop.cli import main; main()")
+
 
 def _demo_server(tmp: Path) -> tuple[int, int] | None:
     """(pid, port) of the `ratingloop serve` the demo started on a store under `tmp`, if it runs."""
@@ -44,7 +51,7 @@ def test_ctrl_c_stops_the_server_and_removes_the_temporary_store(default_model: 
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}
     with open(tmp_path / "stderr", "wb") as stderr:
-        demo = subprocess.Popen([sys.executable, "-m", "ratingloop.cli", "demo"], cwd=tmp_path, env=env,
+        demo = subprocess.Popen([sys.executable, "-c", FOREGROUND_DEMO], cwd=tmp_path, env=env,
                                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
         try:
             deadline, server = time.monotonic() + 300, None

@@ -26,7 +26,8 @@ import ratingloop
 
 ROOT = Path(ratingloop.__file__).parent
 
-SHARED = {"ratingloop", "ratingloop.errors", "ratingloop.config", "ratingloop.pipeline_config", "ratingloop.provenance"}
+SHARED = {"ratingloop", "ratingloop.errors", "ratingloop.config", "ratingloop.pipeline_config", "ratingloop.provenance",
+          "ratingloop.waits"}
 
 # module -> why other stages may import it directly; keep this short: a new entry needs a reason no
 # package export gives

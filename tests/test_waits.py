@@ -16,6 +16,7 @@ from ratingloop import waits
 
 SCRIPT = """
 import signal, sys, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's foreground job has it (see conftest)
 from ratingloop.simulate.http import simulate_http
 from ratingloop.simulate.users import PopulationConfig
 # a SIGINT delivered to a thread other than the main one, as the kernel may do with a terminal's Ctrl-C

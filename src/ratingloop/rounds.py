@@ -345,7 +345,8 @@ class Durable:
             handle = DBOS.start_workflow(_registered[WORKFLOW], round_id, spec)
         future = getattr(handle, "future", None)  # DBOS runs the round in a thread of its own
         if future is not None:
-            waits.result(future)  # so that Ctrl-C reaches the caller during a round, not after it
+            waits.done(future)  # so that Ctrl-C reaches the caller during a round, not after it; DBOS's
+            # get_result below then reads the outcome as it always did (a cancelled round's from its database)
         result: dict[str, Any] = handle.get_result()
         return result
 

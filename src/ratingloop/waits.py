@@ -9,19 +9,22 @@ see the interrupt within one slice (tests/test_waits.py sends the signal to anot
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-from typing import TypeVar
+from concurrent.futures import Future, wait
+from typing import Any, TypeVar
 
 R = TypeVar("R")
 
 SLICE_S = 0.25
 
 
+def done(future: Future[Any]) -> None:
+    """Return once `future` is done (its outcome untouched), woken every SLICE_S seconds so that a pending
+    Ctrl-C is raised here."""
+    while not future.done():
+        wait([future], timeout=SLICE_S)
+
+
 def result(future: Future[R]) -> R:
-    """`future.result()`, woken every SLICE_S seconds so that a pending Ctrl-C is raised here."""
-    while True:
-        try:
-            return future.result(timeout=SLICE_S)
-        except TimeoutError:  # concurrent.futures.TimeoutError is the builtin since Python 3.11
-            if future.done():  # the work itself raised TimeoutError: that is its result
-                return future.result()
+    """`future.result()`, waited for as `done` waits."""
+    done(future)
+    return future.result()
