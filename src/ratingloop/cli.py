@@ -353,7 +353,7 @@ def signals(
                                                      "JSONL to this file")] = None,
     content_prior: Annotated[str, typer.Option("--content-prior", help="auto (on for mostly single-rated "
                                                "stores), on or off: judge answers by their content too")] = "auto",
-    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML; its [signals] table overrides defaults")
+    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML; its \\[signals] table overrides defaults")
                       ] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="signals.KEY=VALUE (repeatable)")] = None,
     db: Db = None,
@@ -443,7 +443,7 @@ def _print_rater_summary(s: Any) -> None:
 def build(
     format: Annotated[str, typer.Option("--format", help="sft | kto | dpo | reward | weighted")],
     out_dir: Annotated[Path, typer.Option("--out", help="folder for train/, eval/, *.jsonl and manifest.json")],
-    config: Annotated[Optional[Path], typer.Option(help="TOML file; its [build] table overrides defaults")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file; its \\[build] table overrides defaults")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="build.KEY=VALUE (repeatable)")] = None,
     signals_run: Annotated[Optional[str], typer.Option(
         "--signals", help="the signals run to build from (default: the newest; `ratingloop signals` records one)")
@@ -736,7 +736,7 @@ def eval_(
     candidate: Annotated[str, typer.Option("--candidate", help="the version id to judge")],
     against: Annotated[str, typer.Option("--against", help="active (the base when none is), base, or a version "
                                          "id")] = "active",
-    config: Annotated[Optional[Path], typer.Option(help="TOML file; its [eval] table overrides defaults")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file; its \\[eval] table overrides defaults")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="eval.KEY=VALUE (repeatable)")] = None,
     db: Db = None,
     json_: Json = False,
