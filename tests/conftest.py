@@ -15,6 +15,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import logging  # noqa: E402
+import signal
 import sys
 import uuid
 from contextlib import contextmanager
@@ -37,7 +38,11 @@ UNLIMITED = {"RATINGLOOP_TOKEN_RATINGS_PER_S": "0", "RATINGLOOP_ADDRESS_REQUESTS
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No test reads the developer's ~/.ratingloop or a stray RATINGLOOP_* variable."""
+    """No test reads the developer's ~/.ratingloop or a stray RATINGLOOP_* variable, and every test starts with
+    Python's own Ctrl-C handling, which the processes it starts inherit: in full runs a worker's SIGINT was found
+    ignored (by an earlier test or a library it ran), and the demo started for the Ctrl-C test never saw it."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     for name in list(os.environ):
         if name.startswith("RATINGLOOP_") and name != "RATINGLOOP_TEST_POSTGRES_URL":
             monkeypatch.delenv(name)
@@ -142,14 +147,3 @@ def running_server(db_url: str, tmp_path: Path) -> Iterator[str]:
     with running_server_at(db_url, tmp_path, env=UNLIMITED) as base:
         yield base
 
-
-@pytest.fixture(autouse=True)
-def _sigint_at_its_default() -> Iterator[None]:
-    """Every test starts with Python's own Ctrl-C handling, and the processes it starts inherit SIGINT unignored:
-    in full runs a test worker's SIGINT was found ignored (by an earlier test or a library it ran), and the demo it
-    started for the Ctrl-C test then never saw the interrupt."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    yield
