@@ -596,19 +596,40 @@ def generate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     db: Db = None,
 ) -> None:
-    """Answer a JSONL of prompts with a model (the active version by default): batched, greedy by default."""
+    """Answer a JSONL of prompts with a model (the active version by default): batched, greedy by default.
+    With the active version, a prompt line's "user" routes it as `serve` would: to their cohort's version, or
+    their traffic-split version; each answer then says which version answered."""
     from ratingloop.models import cli_generate
 
-    ref = model
+    ref, route = model, None
     if model is None or not Path(model).expanduser().exists():  # a folder needs no store
         from ratingloop.models.versions import choose_model
 
-        choice = choose_model(_engine(db), model)
+        engine = _engine(db)
+        choice = choose_model(engine, model)
         err.print(f"answering with {choice.label}", highlight=False)
         ref = choice.ref
+        if model in (None, "", "active"):
+            route = _user_route(engine)
     n = cli_generate(ref, prompts, out_file, max_tokens=max_tokens, temperature=temperature,
-                     batch_size=batch_size, console=err)
+                     batch_size=batch_size, console=err, route=route)
     out.print(f"{n} answers -> {out_file}", highlight=False)
+
+
+def _user_route(engine: Any) -> Any:
+    """`generate`'s routing by each prompt's user (serve's routes); None when everyone gets the active version."""
+    from ratingloop.serve.routing import ACTIVE, load_routes
+
+    routes = load_routes(engine)
+    if not routes.cohorts and not routes.split:
+        return None
+    err.print(f"routing by each prompt's \"user\": {len(routes.cohorts)} user(s) in a cohort with its own version"
+              + (f", {len(routes.split)} version(s) on a traffic split" if routes.split else ""), highlight=False)
+
+    def route(user: str | None) -> tuple[str, str]:
+        target = routes.pick(ACTIVE, user)
+        return target.ref, target.version
+    return route
 
 
 @app.command()
@@ -773,7 +794,8 @@ def versions_list(db: Db = None, json_: Json = False) -> None:
         return
     table = Table("version", "status", "method", "created", "parent", "traffic", "verdict", "adapter")
     for r in rows:
-        table.add_row(r["id"], r["status"], r["method"] or "", r["created_at"][:19], r["parent"] or "",
+        status = r["status"] if r["cohort"] is None else f"{r['status']} (for cohort {r['cohort']})"
+        table.add_row(r["id"], status, r["method"] or "", r["created_at"][:19], r["parent"] or "",
                       f"{r['traffic_share']:.0%}", r["verdict"] or "", r["adapter_path"] or "")
     out.print(table)
 
@@ -792,11 +814,13 @@ def versions_promote(
     yes: Yes = False,
     db: Db = None,
 ) -> None:
-    """Make a version the active one, whatever its evaluation said (a manual override, recorded)."""
+    """Make a version the active one, whatever its evaluation said (a manual override, recorded). A cohort
+    version starts to serve its cohort instead; the version serving that cohort before retires."""
     from ratingloop.models.registry import active_version, check_servable, promote
 
     engine = _engine(db)
-    check_servable(engine, version)
+    if check_servable(engine, version).cohort is not None:
+        return _promote_cohort(engine, version, reason, yes)
     current = active_version(engine)
     if current is not None and current.id == version:
         out.print(f"{version} is already active; nothing to do", highlight=False)
@@ -807,6 +831,36 @@ def versions_promote(
         raise typer.Exit(1)
     promote(engine, version, actor=_actor(), reason=reason)
     out.print(f"{version} is active (was {current.id if current else 'the base'})", highlight=False)
+
+
+def _promote_cohort(engine: Any, version: str, reason: str | None, yes: bool) -> None:
+    from ratingloop.models.registry import COHORT, get_version, promote_cohort
+
+    v = get_version(engine, version)
+    if v.status == COHORT:
+        out.print(f"{version} already serves {v.scope}; nothing to do", highlight=False)
+        return
+    if not yes:
+        err.print(f"would serve {version} to {v.scope}, as {_actor()}. Re-run with --yes.", highlight=False)
+        raise typer.Exit(1)
+    replaced = promote_cohort(engine, version, actor=_actor(), reason=reason)
+    out.print(f"{version} serves {v.scope}" + (f" (replacing {', '.join(replaced)})" if replaced else ""),
+              highlight=False)
+
+
+@versions_app.command("retire")
+def versions_retire(
+    version: Annotated[str, typer.Argument(help="the cohort version to stop serving")],
+    reason: Annotated[Optional[str], typer.Option("--reason", help="why, recorded with who did it")] = None,
+    db: Db = None,
+) -> None:
+    """Stop serving a cohort version: its cohort's users get the global active version again, recorded."""
+    from ratingloop.models.registry import get_version, retire_cohort
+
+    engine = _engine(db)
+    scope = get_version(engine, version).scope
+    retire_cohort(engine, version, actor=_actor(), reason=reason)
+    out.print(f"{version} no longer serves {scope}; its users get the active version", highlight=False)
 
 
 @versions_app.command("rollback")

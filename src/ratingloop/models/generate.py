@@ -1,6 +1,7 @@
 """Batched answers for chat prompts: `generate` and the JSONL helper behind `ratingloop generate`.
 
-Prompts are ``{"id", "messages"}``; answers are ``{"id", "response"}`` in the prompts' order. The
+Prompts are ``{"id", "messages"}`` (and an optional ``"user"``: the end user it is for, who may be served
+by their cohort's version); answers are ``{"id", "response"}`` in the prompts' order. The
 chat template is applied with ``add_generation_prompt``, batches are LEFT-padded (so every row's
 new tokens start at the same column) and sorted by length to waste little padding; temperature 0
 is greedy and deterministic, above 0 samples (seeded).
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence, TypedDict
+from typing import Any, Callable, NotRequired, Sequence, TypedDict
 
 import orjson
 from rich.console import Console
@@ -27,11 +28,13 @@ DEFAULT_BATCH_SIZE = 32  # 2 AVX2 cores, fp32: 1.6-2.5x the tokens/s of 8 (bench
 class Prompt(TypedDict):
     id: str | int
     messages: list[dict[str, str]]
+    user: NotRequired[str]
 
 
 class Answer(TypedDict):
     id: str | int
     response: str
+    version: NotRequired[str]  # which version answered, when prompts were routed by user
 
 
 def generate(model_ref: Any, prompts: Sequence[Prompt], *, max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -153,8 +156,11 @@ def read_prompts(path: Path) -> list[Prompt]:
             errors.append(FieldError(f"{where}.id", f"{row['id']!r} repeats line {seen[row['id']]}"))
             continue
         seen[row["id"]] = number
-        prompts.append({"id": row["id"], "messages": [{"role": m["role"], "content": m["content"]}
-                                                      for m in row["messages"]]})
+        prompt: Prompt = {"id": row["id"], "messages": [{"role": m["role"], "content": m["content"]}
+                                                        for m in row["messages"]]}
+        if row.get("user") is not None:
+            prompt["user"] = row["user"]
+        prompts.append(prompt)
         if len(errors) >= 20:
             break
     if errors:
@@ -172,6 +178,10 @@ def _check_prompt(row: Any) -> list[tuple[str, str]]:
         problems.append(("id", "missing"))
     elif isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)) or row["id"] == "":
         problems.append(("id", f"must be a non-empty string or an integer, got {row['id']!r}"))
+    user = row.get("user")
+    if user is not None and (not isinstance(user, str) or not user.strip() or len(user) > 200):
+        problems.append(("user", f"must be a non-empty string of at most 200 characters (the end user's id), "
+                                 f"got {user!r}"))
     messages = row.get("messages")
     if messages is None:
         problems.append(("messages", 'missing; a list of {"role", "content"}'))
@@ -198,18 +208,35 @@ def write_answers(path: Path, answers: Sequence[Answer]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         for a in answers:
-            f.write(orjson.dumps({"id": a["id"], "response": a["response"]}) + b"\n")
+            row = {"id": a["id"], "response": a["response"]} | ({"version": a["version"]} if "version" in a else {})
+            f.write(orjson.dumps(row) + b"\n")
     os.replace(tmp, path)
+
+
+Route = Callable[[str | None], tuple[str, str]]  # a prompt's user -> (model to load, the version's name)
 
 
 def cli_generate(model: str | None, prompts_path: Path, out_path: Path, max_tokens: int = DEFAULT_MAX_TOKENS,
                  temperature: float = 0.0, batch_size: int = DEFAULT_BATCH_SIZE,
-                 console: Console | None = None) -> int:
-    """`ratingloop generate`: read and validate prompts, answer them, write the answers; returns the count."""
+                 console: Console | None = None, route: Route | None = None) -> int:
+    """`ratingloop generate`: read and validate prompts, answer them, write the answers; returns the count.
+    With `route`, each prompt is answered by the model `route(its user)` names (one batched pass per model),
+    and each answer says which version answered; `model` is then unused."""
     if not math.isfinite(temperature):
         raise RatingloopError(f"--temperature {temperature}: must be a finite number >= 0")
     prompts = read_prompts(prompts_path)  # validate before loading any model
-    answers = generate(model, prompts, max_tokens=max_tokens, temperature=temperature, batch_size=batch_size,
-                       console=console)
+    kw: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "batch_size": batch_size,
+                          "console": console}
+    if route is None:
+        answers = generate(model, prompts, **kw)
+    else:
+        groups: dict[tuple[str, str], list[int]] = {}
+        for k, p in enumerate(prompts):
+            groups.setdefault(route(p.get("user")), []).append(k)
+        by_index: dict[int, Answer] = {}
+        for (ref, version), indices in groups.items():
+            for k, answer in zip(indices, generate(ref, [prompts[k] for k in indices], **kw), strict=True):
+                by_index[k] = {"id": answer["id"], "response": answer["response"], "version": version}
+        answers = [by_index[k] for k in range(len(prompts))]
     write_answers(out_path, answers)
     return len(answers)

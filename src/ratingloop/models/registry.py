@@ -18,6 +18,9 @@ state - and a partial unique index refuses a second active row whatever code wri
     promote(engine, version_id, actor="gate", evaluation_id=eval_id)
     rollback(engine, actor="alice")  # (from, to): back to what served before the last promotion
 
+Beside the active version, cohort versions (trained for one cohort of users, ratingloop.personal) serve their
+cohort while their status is `cohort` (`promote_cohort`, `retire_cohort`); see the section below.
+
 A version trained on a dataset snapshot that a user's deletion purged is `tainted_at` (`taint_versions`),
 and so is every version trained on top of it: weights cannot forget what they learnt, so the registry
 records it; what serves is the operator's call (`versions list` shows it).
@@ -48,7 +51,8 @@ evaluations = cast(Table, t.Evaluation.__table__)
 
 log = logging.getLogger(__name__)
 
-VERSION_STATUSES = ("candidate", "active", "rejected", "retired")
+COHORT = "cohort"  # the status of a cohort version while it serves its cohort's users
+VERSION_STATUSES = ("candidate", "active", COHORT, "rejected", "retired")
 VERDICTS = ("promote", "reject")
 REWARD_METHODS = ("reward",)  # versions that score answers; they never serve
 _PG_REGISTRY_LOCK = 0x7265_6769_7374  # "regist": one registry action at a time on PostgreSQL
@@ -84,6 +88,13 @@ class VersionRow:
     status: str  # candidate | active | rejected | retired
     traffic_share: float
     tainted_at: datetime | None = None  # trained (it or an ancestor) on a snapshot purged since
+    personal_run_id: str | None = None  # a cohort version: the personal run whose cohort it was trained for
+    cohort: int | None = None  # ... and that cohort; None for a global version
+
+    @property
+    def scope(self) -> str:
+        """"global", or "cohort N of personal run R"."""
+        return "global" if self.cohort is None else f"cohort {self.cohort} of personal run {self.personal_run_id}"
 
 
 def _now() -> datetime:
@@ -209,7 +220,7 @@ def active_version(engine: Engine) -> VersionRow | None:
 class EventRow:
     id: str
     created_at: datetime
-    action: str  # promote | rollback | reject | traffic
+    action: str  # promote | rollback | reject | traffic | cohort (serves its cohort) | retire (stops serving it)
     version_id: str | None  # promote/rollback: what became active (None: the base); reject: the rejected one
     previous_id: str | None  # what was active before (promote, rollback)
     actor: str
@@ -259,8 +270,10 @@ def check_servable(engine: Engine, version_id: str) -> VersionRow:
 def promote(engine: Engine, version_id: str, *, actor: str, reason: str | None = None,
             evaluation_id: str | None = None) -> None:
     """Make `version_id` the one active version: the old active one becomes `retired`, in one transaction
-    with the event. Promoting the version that is already active changes nothing (a retried gate)."""
-    check_servable(engine, version_id)
+    with the event. Promoting the version that is already active changes nothing (a retried gate).
+    A cohort version is refused: `promote_cohort` serves it to its cohort."""
+    if check_servable(engine, version_id).cohort is not None:
+        return _refuse_cohort(engine, version_id)
     with _registry_transaction(engine) as conn:
         _check_evaluation(conn, evaluation_id)
         previous = _active_id(conn)
@@ -272,11 +285,18 @@ def promote(engine: Engine, version_id: str, *, actor: str, reason: str | None =
     log.info("promoted %s (was %s) by %s", version_id, previous or "the base", actor)
 
 
+def _refuse_cohort(engine: Engine, version_id: str) -> None:
+    raise RatingloopError(f"version {version_id} was trained for {get_version(engine, version_id).scope}; it serves "
+                          "that cohort's users and cannot become the global active version")
+
+
 def reject(engine: Engine, version_id: str, *, actor: str, reasons: list[str],
            evaluation_id: str | None = None) -> None:
     """Mark a version `rejected` with the reasons (an event row). The active version cannot be rejected:
     roll back first, so that something whole always serves."""
-    get_version(engine, version_id)
+    if get_version(engine, version_id).status == COHORT:
+        raise RatingloopError(f"version {version_id} serves its cohort; `ratingloop versions retire {version_id}` "
+                              "first, then reject it")
     with _registry_transaction(engine) as conn:
         _check_evaluation(conn, evaluation_id)
         if _active_id(conn) == version_id:
@@ -321,6 +341,9 @@ def set_traffic_share(engine: Engine, version_id: str, share: float, *, actor: s
                                   "set the share of the version to try beside it instead")
         if status == "rejected":
             raise RatingloopError(f"version {version_id} was rejected; it gets no traffic")
+        if version.cohort is not None:
+            raise RatingloopError(f"version {version_id} was trained for {version.scope}; it serves that cohort's "
+                                  "users (`versions promote`), not a share of everyone")
         others = conn.execute(select(func.coalesce(func.sum(model_versions.c.traffic_share), 0.0)).where(
             model_versions.c.status != "active", model_versions.c.id != version_id)).scalar_one()
         if others + share > 1.0 + 1e-9:
@@ -343,6 +366,99 @@ def _rollback_target(engine: Engine, conn: Connection) -> tuple[str | None, str 
     if target is not None:
         check_servable(engine, target)
     return current, target
+
+
+# --- cohort versions: one per cohort of a personal run, beside the global active version ------------------
+#
+# A cohort version is trained for one cohort (ratingloop.personal) on top of the global version, and serves
+# that cohort's users (serve/routing.py) while its status is `cohort`; everyone else, and anyone its personal
+# run did not place in the cohort, gets the global active version. It never becomes `active` and never takes a
+# traffic share, so the global history (promote, rollback) is untouched by it.
+
+
+def set_cohort(engine: Engine, version_id: str, personal_run_id: str, cohort: int) -> None:
+    """Scope a candidate to `cohort` of personal run `personal_run_id`, before its evaluation. Repeating it
+    (a resumed round) changes nothing; a version already scoped elsewhere, or serving, is refused."""
+    version = get_version(engine, version_id)
+    if (version.personal_run_id, version.cohort) == (personal_run_id, cohort):
+        return
+    if version.status != "candidate" or version.cohort is not None:
+        raise RatingloopError(f"version {version_id} is {version.status} ({version.scope}); only a global candidate "
+                              "can be trained for a cohort")
+    with _registry_transaction(engine) as conn:
+        run = conn.execute(select(t.PersonalCohort.__table__.c.cohort).where(
+            t.PersonalCohort.__table__.c.run_id == personal_run_id,
+            t.PersonalCohort.__table__.c.cohort == cohort)).first()
+        if run is None:
+            raise RatingloopError(f"personal run {personal_run_id!r} has no cohort {cohort}; `ratingloop cohorts` "
+                                  "lists the cohorts of the newest run")
+        conn.execute(update(model_versions).where(model_versions.c.id == version_id).values(
+            personal_run_id=personal_run_id, cohort=cohort))
+
+
+def cohort_versions(engine: Engine) -> list[VersionRow]:
+    """The cohort versions serving now, newest personal run first (a user its newest run places is routed by it)."""
+    query = (select(model_versions).where(model_versions.c.status == COHORT)
+             .order_by(model_versions.c.personal_run_id.desc(), model_versions.c.cohort))
+    with engine.connect() as conn:
+        return [VersionRow(**r) for r in conn.execute(query).mappings()]
+
+
+def promote_cohort(engine: Engine, version_id: str, *, actor: str, reason: str | None = None,
+                   evaluation_id: str | None = None) -> list[str]:
+    """Serve cohort version `version_id` to its cohort's users, in one transaction with its event: the version
+    that served the same cohort retires, and so does a cohort version of an older personal run most of whose
+    users are in this cohort now (the cohorts were refitted; this one replaces it). Returns the retired ids.
+    Serving it already changes nothing (a retried gate)."""
+    version = check_servable(engine, version_id)
+    if version.cohort is None:
+        raise RatingloopError(f"version {version_id} is a global version; `versions promote` makes it active")
+    if version.status == COHORT:
+        log.info("promote %s to %s: already serving it; nothing to do", version_id, version.scope)
+        return []
+    if version.status != "candidate":
+        raise RatingloopError(f"version {version_id} is {version.status}; only a candidate can start to serve "
+                              f"{version.scope}")
+    with _registry_transaction(engine) as conn:
+        _check_evaluation(conn, evaluation_id)
+        replaced = _replaced_cohort_versions(conn, version)
+        if replaced:
+            conn.execute(update(model_versions).where(model_versions.c.id.in_(replaced)).values(status="retired"))
+        conn.execute(update(model_versions).where(model_versions.c.id == version_id).values(status=COHORT))
+        _event(conn, "cohort", version_id, replaced[0] if replaced else None, actor,
+               f"serves {version.scope}" + (f": {reason}" if reason else ""), evaluation_id)
+    log.info("version %s serves %s (replacing %s) by %s", version_id, version.scope, ", ".join(replaced) or "none",
+             actor)
+    return replaced
+
+
+def retire_cohort(engine: Engine, version_id: str, *, actor: str, reason: str | None = None) -> None:
+    """Stop serving cohort version `version_id`: its cohort's users get the global active version again."""
+    version = get_version(engine, version_id)
+    if version.status != COHORT:
+        raise RatingloopError(f"version {version_id} is {version.status}, not serving a cohort; nothing to retire")
+    with _registry_transaction(engine) as conn:
+        conn.execute(update(model_versions).where(model_versions.c.id == version_id).values(status="retired"))
+        _event(conn, "retire", version_id, None, actor, reason or f"stops serving {version.scope}", None)
+    log.info("version %s no longer serves %s (by %s)", version_id, version.scope, actor)
+
+
+def _replaced_cohort_versions(conn: Connection, version: VersionRow) -> list[str]:
+    users = t.PersonalUser.__table__.c
+    serving = conn.execute(select(model_versions.c.id, model_versions.c.personal_run_id, model_versions.c.cohort)
+                           .where(model_versions.c.status == COHORT)).all()
+    mine = set(conn.execute(select(users.user_id).where(users.run_id == version.personal_run_id,
+                                                        users.cohort == version.cohort)).scalars())
+    replaced: list[str] = []
+    for row in serving:
+        if (row.personal_run_id, row.cohort) == (version.personal_run_id, version.cohort):
+            replaced.insert(0, row.id)  # the one it replaces outright comes first
+        elif str(row.personal_run_id) < str(version.personal_run_id):
+            theirs = set(conn.execute(select(users.user_id).where(users.run_id == row.personal_run_id,
+                                                                  users.cohort == row.cohort)).scalars())
+            if theirs and len(theirs & mine) * 2 > len(theirs):
+                replaced.append(row.id)
+    return replaced
 
 
 def list_events(engine: Engine) -> list[EventRow]:

@@ -86,6 +86,7 @@ def version_rows(engine: Engine) -> list[dict[str, Any]]:
              "traffic_share": x["traffic_share"], "created_at": x["created_at"].isoformat(),
              "verdict": x["verdict"], "evaluation_id": x["evaluation_id"],
              "tainted_at": x["tainted_at"].isoformat() if x["tainted_at"] else None,  # trained on a purged snapshot
+             "cohort": x["cohort"], "personal_run_id": x["personal_run_id"],  # a cohort version's cohort; None: global
              **{k: x[k] for k in ("base_model", "adapter_path", "parent_id", "training_run_id",
                                   "dataset_snapshot_id", "metrics")}} for x in rows]
 
@@ -94,7 +95,8 @@ def servable_versions(engine: Engine) -> list[dict[str, Any]]:
     """Every version that can answer (not a reward model, a model folder recorded), oldest first, with
     its status and traffic share: one query, cheap enough for a server to poll every second."""
     v, r = model_versions, training_runs
-    query = (select(v.c.id, v.c.status, v.c.traffic_share, v.c.adapter_path, v.c.created_at)
+    query = (select(v.c.id, v.c.status, v.c.traffic_share, v.c.adapter_path, v.c.created_at, v.c.personal_run_id,
+                    v.c.cohort)
              .join(r, r.c.id == v.c.training_run_id, isouter=True)
              .where(v.c.adapter_path.is_not(None), r.c.method.is_(None) | r.c.method.not_in(REWARD_METHODS))
              .order_by(v.c.id))

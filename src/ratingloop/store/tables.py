@@ -188,11 +188,15 @@ class TrainingRun(Base):
 class ModelVersion(Base):
     """A servable model: a base plus (usually) a LoRA adapter, with its lineage and gate status.
 
-    At most one row is `active` (a partial unique index): none active means the base model serves."""
+    At most one row is `active` (a partial unique index): none active means the base model serves. A cohort
+    version (`personal_run_id`, `cohort` set: trained for one cohort of a personal run) never becomes active; it
+    serves that cohort's users while its status is `cohort`, at most one per cohort (a second partial index)."""
 
     __tablename__ = "model_versions"
     __table_args__ = (Index("uq_model_versions_one_active", "status", unique=True,
-                            sqlite_where=text("status = 'active'"), postgresql_where=text("status = 'active'")),)
+                            sqlite_where=text("status = 'active'"), postgresql_where=text("status = 'active'")),
+                      Index("uq_model_versions_one_per_cohort", "personal_run_id", "cohort", unique=True,
+                            sqlite_where=text("status = 'cohort'"), postgresql_where=text("status = 'cohort'")))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -206,6 +210,9 @@ class ModelVersion(Base):
     traffic_share: Mapped[float] = mapped_column(Float, default=0.0)
     # set when it (or an ancestor) was trained on a snapshot since purged: weights cannot forget a user
     tainted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # a cohort version: the personal run whose cohort it was trained for, and the cohort (None: a global version)
+    personal_run_id: Mapped[str | None] = mapped_column(ForeignKey("personal_runs.id"))
+    cohort: Mapped[int | None] = mapped_column(Integer)
 
 
 class VersionEvent(Base):
