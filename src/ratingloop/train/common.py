@@ -2,6 +2,7 @@
 
     model, tokenizer = load_base(resolved)            # the causal LM in fp32 and its chat tokenizer
     model, tokenizer = load_model(resolved, cfg)      # a recipe's `load_model`: bf16 frozen weights for LoRA
+    model = warm_start(model, cfg, resolved.weights_path)  # run.py: under train.init_adapter, that adapter, trainable
     args = KTOConfig(**trainer_args(cfg, out_dir, progress), desirable_weight=...)
     trainer = fast(quiet(KTOTrainer(model=model, args=args, ..., peft_config=lora_config(cfg))), cfg)
 
@@ -13,12 +14,16 @@ checkpointing) were measured on the default model on a 2-core AMX CPU: bench/tra
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from ratingloop.errors import ConfigError
 from ratingloop.models import ModelLoadError, ResolvedModel, cpu_has_fast_bf16
 from ratingloop.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def trainer_args(cfg: TrainConfig, out_dir: Path, progress: bool) -> dict[str, Any]:
@@ -84,13 +89,115 @@ def reporters() -> list[str] | str:
 
 
 def lora_config(cfg: TrainConfig, task_type: str = "CAUSAL_LM") -> Any:
-    """The PEFT LoRA config the trainer wraps the base with (`peft_config=`); None for full fine-tuning."""
-    if not cfg.lora:
+    """The PEFT LoRA config the trainer wraps the base with (`peft_config=`); None for full fine-tuning, and
+    under train.init_adapter, whose adapter `warm_start` has put on the model already (TRL then trains it as it is)."""
+    if not cfg.lora or cfg.init_adapter:
         return None
     from peft import LoraConfig
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.modules(), task_type=task_type)
+
+
+def warm_start(model: Any, cfg: TrainConfig, base_path: Path) -> Any:
+    """`model` (the base loaded from `base_path`) under train.init_adapter's LoRA adapter, trainable: a PeftModel
+    the recipes' trainers take as it is (`lora_config` is None then). `model` itself when init_adapter is empty.
+
+    The adapter's own LoraConfig is what trains (a line is logged where train.lora_r, lora_alpha, lora_dropout or
+    target_modules say otherwise). Its weights load in fp32 over a base cast to bf16, as a fresh LoRA's would.
+    """
+    if not cfg.init_adapter:
+        return model
+    problems = cfg.init_adapter_problems()  # checked at the start of a run; a resumed run checks again here
+    if problems:
+        raise ConfigError("train config: " + "; ".join(problems))
+    key = f"train.init_adapter={cfg.init_adapter}"
+    check_adapter_base(cfg.init_adapter, base_path)
+    all_linear = linear_layer_names(model)
+    from peft import PeftModel
+
+    try:
+        wrapped = PeftModel.from_pretrained(model, str(Path(cfg.init_adapter).expanduser()), is_trainable=True)
+    except Exception as e:  # noqa: BLE001 - any loader failure is reported with the folder
+        raise ModelLoadError(f"{key}: cannot apply it to {base_path} ({type(e).__name__}: {e})") from e
+    own = wrapped.peft_config["default"]
+    differ = lora_differences(own, cfg, all_linear)
+    if differ:
+        log.warning("%s: training the adapter's own LoRA (%s), not train.* (%s)", key,
+                    ", ".join(f"{k}={a}" for k, (a, _) in differ.items()),
+                    ", ".join(f"{k}={b}" for k, (_, b) in differ.items()))
+    return wrapped
+
+
+def check_adapter_base(adapter: str, base_path: Path) -> None:
+    """Raise ConfigError unless the adapter was trained on the weights in `base_path` (its adapter_config.json's
+    base_model_name_or_path, resolved as `resolve_model` resolves an adapter's base)."""
+    from ratingloop.models import resolve_model
+
+    key = f"train.init_adapter={adapter}"
+    try:
+        resolved = resolve_model(Path(adapter).expanduser(), pull=False)
+    except ModelLoadError as e:
+        raise ConfigError(f"{key}: its base cannot be found ({e}); it must be this run's base, {base_path}") from e
+    if resolved.kind != "adapter":
+        raise ConfigError(f"{key}: is not a PEFT adapter folder (no adapter_config.json)")
+    if resolved.weights_path.resolve() != Path(base_path).resolve():
+        raise ConfigError(f"{key}: was trained on the base {resolved.weights_path}, but this run's base is "
+                          f"{base_path}; train with --base {resolved.weights_path}, or leave train.init_adapter "
+                          "empty for a fresh LoRA")
+
+
+def linear_layer_names(model: Any) -> set[str]:
+    """The last name of each linear layer but the LM head: what PEFT's "all-linear" adapts."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head}
+
+
+def lora_differences(own: Any, cfg: TrainConfig, all_linear: set[str]) -> dict[str, tuple[Any, Any]]:
+    """key -> (the adapter's value, train.KEY's) where an adapter's LoraConfig `own` and `cfg` differ."""
+    differ: dict[str, tuple[Any, Any]] = {}
+    for key, theirs in (("lora_r", own.r), ("lora_alpha", own.lora_alpha), ("lora_dropout", own.lora_dropout)):
+        if theirs != getattr(cfg, key):
+            differ[key] = (theirs, getattr(cfg, key))
+    targets = own.target_modules
+    wanted = cfg.modules()
+    if isinstance(targets, str) or targets is None:  # a regex or PEFT's shorthand, as given
+        same = targets == (wanted if isinstance(wanted, str) else ",".join(wanted))
+        shown = str(targets)
+    else:  # PEFT stores names, or whole module paths for "all-linear"
+        names = {str(t).rsplit(".", 1)[-1] for t in targets}
+        same = names == (all_linear if wanted == "all-linear" else set(wanted))
+        shown = ",".join(sorted(names))
+    if not same:
+        differ["target_modules"] = (shown, cfg.target_modules)
+    return differ
+
+
+def save_model(model: Any, out_dir: Path) -> None:
+    """The trained model to `out_dir`: the LoRA adapter alone (not the frozen "ref" copy TRL keeps of a
+    train.init_adapter start), or the whole model under train.lora=false."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model.save_pretrained(str(out_dir), selected_adapters=[model.active_adapter])
+    else:
+        model.save_pretrained(str(out_dir))
+
+
+def keep_start_as_reference(model: Any) -> None:
+    """Add a frozen copy "ref" of a pretrained adapter (a train.init_adapter start), as TRL's KTO, DPO and GRPO
+    trainers do for a PeftModel without a ref_model, so a reference is the start, not the bare base."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel) or "default" not in model.peft_config or "ref" in model.peft_config:
+        return
+    model.add_adapter("ref", model.peft_config["default"])
+    for name, param in model.named_parameters():
+        if ".default." in name:
+            model.get_parameter(name.replace(".default.", ".ref.")).data.copy_(param.data)
 
 
 def chat_tokenizer(tokenizer: Any, path: Path, reads: str) -> Any:

@@ -7,7 +7,9 @@ layer at rank 16, one epoch, batches of 8 short support answers. Load a file's `
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from ratingloop.errors import ConfigError
@@ -38,6 +40,11 @@ class TrainConfig:
     logging_steps: int = 5
     activation_checkpointing: bool = False  # trade compute for memory: for large models on a GPU
     lora: bool = True  # false: full fine-tuning (every weight trains; the output folder is a whole model)
+    # a PEFT LoRA adapter folder (a version's adapter_path) whose weights this run starts from and goes on training;
+    # "" = a fresh LoRA. Its own LoraConfig (r, alpha, dropout, target modules) wins over lora_r etc. Its base must be
+    # the run's base. The reference of kto, dpo, grpo, wsft and dro is then this starting adapter, frozen (TRL's
+    # "ref" copy of a pretrained adapter; pointwise.py does the same), not the base. Not for method reward.
+    init_adapter: str = ""
     save_steps: int = 50  # a resumable checkpoint (weights, optimizer, RNG) every N steps; 0: none
     save_total_limit: int = 2  # checkpoints kept; the newest is what --resume continues from
     # after training, the method's loss and figures on the eval split (eval_* in the run's metrics). A policy's
@@ -97,8 +104,37 @@ class TrainConfig:
             problems.append(f'train.reward_backbone={self.reward_backbone!r} must be "base" or "embed"')
         if not self.modules():
             problems.append('train.target_modules is empty; use "all-linear" or names such as "q_proj,v_proj"')
+        problems += self.init_adapter_problems()
         if problems:
             raise ConfigError("train config: " + "; ".join(problems))
+
+    def init_adapter_problems(self) -> list[str]:
+        """What is wrong with train.init_adapter (nothing when it is empty): a LoRA adapter folder of a policy."""
+        if not self.init_adapter:
+            return []
+        key = f"train.init_adapter={self.init_adapter}"
+        problems = []
+        if not self.lora:
+            problems.append(f"{key} goes on training a LoRA adapter and needs train.lora=true (full fine-tuning "
+                            "trains every weight of the base); set train.lora=true or leave train.init_adapter empty")
+        folder = Path(self.init_adapter).expanduser()
+        if not folder.is_dir():
+            return [*problems, f"{key}: no such folder; give a LoRA adapter folder (a version's adapter_path, "
+                               "`ratingloop versions list`)"]
+        try:
+            adapter = json.loads((folder / "adapter_config.json").read_text())
+        except FileNotFoundError:
+            return [*problems, f"{key}: the folder holds no adapter_config.json, so it is not a PEFT adapter (a whole "
+                               "model folder cannot be a LoRA start: give it as --base instead)"]
+        except (OSError, ValueError) as e:
+            return [*problems, f"{key}: adapter_config.json is unreadable ({e})"]
+        kind = adapter.get("peft_type") if isinstance(adapter, dict) else None
+        task = adapter.get("task_type") if isinstance(adapter, dict) else None
+        if kind != "LORA":
+            problems.append(f"{key}: is a {kind} adapter, not LoRA")
+        elif task not in (None, "CAUSAL_LM"):
+            problems.append(f"{key}: is a {task} adapter (a reward model's?), not a policy's (CAUSAL_LM)")
+        return problems
 
 
 # Per-method defaults for the default model with LoRA, over the dataclass's. Preference and RL losses move

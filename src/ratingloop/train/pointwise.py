@@ -8,7 +8,8 @@ TRL's SFTTrainer tokenises the chat rows (prompt, completion) and masks the prom
 PointwiseTrainer keeps each row's number (`weight` for wsft, `score` for dro) through that preparation
 and the collator, and per batch computes what an objective needs (`Sequences`): the summed log-probability
 of each completion under the policy, and where the objective asks, under the reference - the base itself
-with the LoRA adapter disabled (no second copy), or a frozen copy of it under full fine-tuning - together
+with the LoRA adapter disabled (no second copy), a frozen copy of the starting adapter under train.init_adapter
+(as TRL's KTO/DPO/GRPO trainers keep one), or a frozen copy of the base under full fine-tuning - together
 with the reference's last hidden state at the last prompt token (a function of the prompt alone). The
 objective turns that into a loss and the figures to log.
 
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 
-from ratingloop.train.common import lora_config, quiet, trainer_args
+from ratingloop.train.common import keep_start_as_reference, lora_config, quiet, trainer_args
 from ratingloop.train.config import TrainConfig
 from ratingloop.train.data import TrainData
 
@@ -161,10 +162,15 @@ class PointwiseTrainer(SFTTrainer):
 
     def _reference_model(self, model: Any) -> tuple[Any, Any, Any]:
         """What computes the reference (called with the batch), its causal LM (whose backbone we read), and the
-        context it runs in: the frozen copy, or the policy with its adapter disabled."""
+        context it runs in: the frozen copy, the policy with the frozen copy of its starting adapter active
+        (train.init_adapter), or the policy with its adapter disabled."""
         if self.reference_model is not None:
             return self.reference_model, self.reference_model, contextlib.nullcontext()
         peft_model = self.accelerator.unwrap_model(model)
+        if "ref" in peft_model.peft_config:
+            from trl.trainer.utils import use_adapter
+
+            return peft_model, peft_model.get_base_model(), use_adapter(peft_model, "ref")
         return peft_model, peft_model.get_base_model(), peft_model.disable_adapter()
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
@@ -237,6 +243,8 @@ def pointwise_trainer(model: Any, tokenizer: Any, data: TrainData, cfg: TrainCon
     reference = None
     if not cfg.lora and objective.needs_reference:  # full fine-tuning moves every weight: keep the start frozen
         reference = copy.deepcopy(model).eval().requires_grad_(False)
+    elif objective.needs_reference:  # train.init_adapter: the start is that adapter, kept as a frozen "ref" copy
+        keep_start_as_reference(model)
     return quiet(PointwiseTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                                   processing_class=tokenizer, peft_config=lora_config(cfg), objective=objective,
                                   reference_model=reference, out_dir=out_dir))

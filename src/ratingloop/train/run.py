@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
@@ -43,7 +43,7 @@ from ratingloop.dataset import purged_at
 from ratingloop.errors import ConfigError, RatingloopError
 from ratingloop.models import ModelLoadError, resolve_model
 from ratingloop.models.registry import fail_run, finish_run, get_run, reopen_run, snapshot_exists, start_run, update_run
-from ratingloop.train.common import load_base
+from ratingloop.train.common import load_base, save_model, warm_start
 from ratingloop.train.config import TrainConfig
 from ratingloop.train.data import TrainData, dataset_format, load_train_data
 
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 # method -> its recipe, a module in this package with
 #   make_trainer(model, tokenizer, data, cfg, out_dir, progress) -> a ready transformers/TRL Trainer, with
-#       `peft_config=lora_config(cfg)` (None under train.lora=false) and `trainer_args(...)`
+#       `peft_config=lora_config(cfg)` (None under train.lora=false, and under train.init_adapter, where `model`
+#       is already that adapter on the base: common.warm_start) and `trainer_args(...)`
 #   load_model(resolved, cfg) -> (model, tokenizer)   optional; default: the causal LM in fp32 (common.load_base)
 #   metrics(trainer) -> dict                          optional; the method's own figures for the registry
 #   prepare(engine, cfg) -> cfg                       optional; settings the store decides, before the run is recorded
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 RECIPES: dict[str, str] = {"sft": "sft", "wsft": "wsft", "kto": "kto", "dro": "dro", "dpo": "dpo",
                            "reward": "reward", "grpo": "grpo"}
 METHODS = tuple(RECIPES)
+# the methods whose model is the causal LM itself, so train.init_adapter (a policy's adapter) can start it
+WARM_STARTS = ("sft", "wsft", "kto", "dro", "dpo", "grpo")
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,12 @@ def train(engine: Engine, method: str = "sft", *, out_dir: Path, data_dir: Path,
     rec = recipe(method)
     cfg = cfg or TrainConfig.for_method(method)
     cfg.validate()
+    if cfg.init_adapter and method not in WARM_STARTS:
+        raise ConfigError(f"train.init_adapter={cfg.init_adapter}: --method {method} cannot start from a policy's "
+                          "LoRA adapter (a reward model is a sequence classifier: a new score head on the base); "
+                          "leave train.init_adapter empty")
+    if cfg.init_adapter:  # recorded as an absolute folder, so `train --resume` finds it from anywhere
+        cfg = replace(cfg, init_adapter=str(Path(cfg.init_adapter).expanduser().resolve()))
     if hasattr(rec, "prepare"):  # settings the store decides (grpo: the newest reward model), recorded with the run
         cfg = rec.prepare(engine, cfg)
     out_dir = Path(out_dir)
@@ -160,8 +169,11 @@ def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Pa
     resolved = resolve_model(base)
     if resolved.kind == "adapter":
         raise ModelLoadError(f"--base {base}: is a LoRA adapter; train on a full model (its base is "
-                             f"{resolved.weights_path}), or merge the adapter into a model folder first")
+                             f"{resolved.weights_path}; with --set train.init_adapter={base} the run goes on "
+                             "training the adapter), or merge the adapter into a model folder first")
     model, tokenizer = rec.load_model(resolved, cfg) if hasattr(rec, "load_model") else load_base(resolved)
+    if method in WARM_STARTS:  # train.init_adapter: the model the trainer gets is that adapter, trainable
+        model = warm_start(model, cfg, resolved.weights_path)
     base_model = str(resolved.weights_path)
     if main:
         update_run(engine, run_id, base_model=base_model, dataset_snapshot_id=data.snapshot_id)
@@ -188,7 +200,7 @@ def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Pa
         return TrainResult(method, "", "", out_dir, base_model, data.snapshot_id, metrics)
 
     # --- save, then register: a version never points at a folder that was not written --------------
-    trainer.model.save_pretrained(str(out_dir))
+    save_model(trainer.model, out_dir)
     tokenizer.save_pretrained(str(out_dir))
     _pin_base(out_dir, base_model)
     (out_dir / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in trainer.state.log_history))
