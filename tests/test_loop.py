@@ -71,9 +71,10 @@ def test_a_round_records_its_steps_and_a_second_once_has_nothing_to_do(engine: E
     [round_] = list_rounds(engine)
     assert round_.id == outcome["round_id"] and round_.status == "succeeded" and round_.trigger == "once"
     assert round_.outcome == outcome["outcome"] in ("promoted", "rejected")
-    assert [s.name for s in round_.steps] == ["train", "label", "eval", "gate"]
+    assert [s.name for s in round_.steps] == ["train", "label", "eval", "gate", "personal"]
     assert all(s.attempts == 1 and s.duration_s is not None for s in round_.steps)
-    train, label, eval_, gate = round_.steps
+    train, label, eval_, gate, personal = round_.steps
+    assert personal.status == "skipped"  # the example store's users rate too few answers each for cohorts
     assert train.status == "succeeded" and train.detail["metrics"]["steps"] == 3
     assert "win_rate" in eval_.detail and "examples" not in eval_.detail  # no user text in durable step outputs
     assert label.status == "skipped" and "no reward model" in label.detail["reason"]
@@ -119,7 +120,7 @@ def test_a_candidate_whose_evaluation_crashes_is_rejected_with_the_error(engine:
                           once=True)
     [round_] = list_rounds(engine)
     assert outcome["outcome"] == round_.outcome == "rejected" and round_.status == "succeeded"
-    _train, _label, eval_, gate = round_.steps
+    _train, _label, eval_, gate, _personal = round_.steps
     assert eval_.detail["verdict"] == "reject" and "not-a-reward-model" in eval_.detail["error"]
     assert any(r.startswith("evaluation crashed") for r in gate.detail["reasons"])
     [version] = list_versions(engine)
@@ -252,7 +253,8 @@ def test_a_loop_killed_mid_round_finishes_that_round_with_one_version(engine: En
     status = subprocess.run([sys.executable, "-m", "ratingloop.cli", "loop", "status", "--json", "--db", db],
                             capture_output=True, text=True, env=env, timeout=60)
     [shown] = json.loads(status.stdout)
-    assert shown["id"] == done.id and [s["name"] for s in shown["steps"]] == ["train", "label", "eval", "gate"]
+    assert shown["id"] == done.id and [s["name"] for s in shown["steps"]] == ["train", "label", "eval", "gate",
+                                                                                 "personal"]
     assert shown["steps"][0]["attempts"] == 2
 
 

@@ -5,7 +5,8 @@
     train    (ratingloop.train.train)               the set -> a LoRA adapter, registered as a candidate
 
 `train_from_store` is that chain; `ratingloop train` without `--data` runs it, and so does every loop
-round (with its round id, so a restarted round finds its own training run). The stages hand over
+round (with its round id, so a restarted round finds its own training run), and each cohort adapter of a
+round (from its cohort's raters only, `raters`). The stages hand over
 through the store and the data folder only: the dataset reads the recorded signals run, training
 reads the folder.
 """
@@ -59,8 +60,8 @@ def train_from_store(engine: Engine, method: str, *, out_dir: Path, base: str | 
                      cfg: TrainConfig | Callable[[int], TrainConfig] | None = None,
                      build_cfg: BuildConfig | None = None,
                      signals_cfg: SignalsConfig | None = None, parent_version_id: str | None = None,
-                     round_id: str | None = None, progress: bool = True, callbacks: Sequence[Any] = ()
-                     ) -> TrainResult:
+                     round_id: str | None = None, progress: bool = True, callbacks: Sequence[Any] = (),
+                     raters: frozenset[str] | None = None) -> TrainResult:
     """Record a signals run, build the method's dataset from it into OUT/data, and train on it.
 
     `cfg` may be a function of the number of train rows the build kept (the loop sizes its steps by the
@@ -76,7 +77,7 @@ def train_from_store(engine: Engine, method: str, *, out_dir: Path, base: str | 
             check_out_dir(out_dir)  # before the build replaces OUT/data of a model already there
             try:
                 signals = record_signals(engine, signals_cfg or SignalsConfig())
-                built = build_dataset(engine, fmt, data_dir, build_cfg or BuildConfig(), signals)
+                built = build_dataset(engine, fmt, data_dir, build_cfg or BuildConfig(), signals, raters)
             except RatingloopError as e:
                 raise RatingloopError(f"train --method {method}: cannot build its dataset from the store: {e}"
                                       f"{ALTERNATIVE.get(method, '')}") from e
@@ -95,6 +96,13 @@ def train_from_store(engine: Engine, method: str, *, out_dir: Path, base: str | 
 #     label   when a reward model exists and most answers are unrated: judge ratings for the next round
 #     eval    the candidate against the active version (ratingloop.evaluate), on held-out prompts
 #     gate    promote when the evaluation says so, else reject with its reasons (ratingloop.models.registry)
+#     personal fit per-user weights and cohorts (ratingloop.personal) from the round's signals run
+#     cohort  per cohort with enough ratings: train on its raters' ratings on top of the active version, judge it
+#             on the cohort's held-out prompts against what the cohort is served now, serve it to the cohort
+#             or reject it. With one cohort, nothing more is trained.
+#
+# The global candidate's evaluation has a MaxMin guard: a cohort the active version serves (of the newest
+# personal run) must not be worse off under the candidate (ratingloop.evaluate, `cohorts`).
 #
 # Each step is a durable step (ratingloop.rounds): after a crash the round resumes at the step that was
 # running, and that step must be safe to run twice - train finds the round's own training run by its
@@ -104,7 +112,7 @@ def train_from_store(engine: Engine, method: str, *, out_dir: Path, base: str | 
 # no active version (or the base) whatever is killed when.
 
 DEFAULT_METHOD = "kto"
-SECTIONS = ("train", "build", "signals", "eval")  # the tables `loop --config/--set` may set
+SECTIONS = ("train", "build", "signals", "eval", "personal")  # the tables `loop --config/--set` may set
 LABEL_WHEN_UNRATED = 0.5  # label runs when at least this share of the interactions has no rating
 # The gate judges a candidate on the prompts no training set used. A store of ~70 questions holds out 7 at the
 # build's 10%, and 7 cannot clear a 95% interval unless nearly every answer wins (tests/test_loop_default.py
@@ -160,6 +168,12 @@ class RoundSpec:
         self.section(BuildConfig, "build")
         self.section(SignalsConfig, "signals")
         self.section(EvalConfig, "eval")
+        self.personal().check()
+
+    def personal(self) -> Any:
+        from ratingloop.personal import PersonalConfig
+
+        return self.section(PersonalConfig, "personal")
 
 
 def run_round(engine: Engine, round_id: str, spec_dict: dict[str, Any], *, user_key: bytes,
@@ -179,16 +193,108 @@ def run_round(engine: Engine, round_id: str, spec_dict: dict[str, Any], *, user_
     durable_step(engine, round_id, "label", 2, lambda: _label_step(engine, user_key))
     report = durable_step(engine, round_id, "eval", 3, lambda: _eval_step(engine, version_id, spec, progress))
     gate = durable_step(engine, round_id, "gate", 4, lambda: _gate_step(engine, round_id, version_id, report))
+    cohorts = _cohort_steps(engine, round_id, spec, progress)
     finish_round(engine, round_id, outcome=gate["outcome"], version_id=version_id)
     log.info("round %s: candidate %s %s (%s)", round_id, version_id, gate["outcome"], "; ".join(gate["reasons"]))
-    return {"round_id": round_id, "outcome": gate["outcome"], "version_id": version_id, "reasons": gate["reasons"]}
+    return {"round_id": round_id, "outcome": gate["outcome"], "version_id": version_id, "reasons": gate["reasons"],
+            "cohorts": cohorts}
 
 
-def _train_step(engine: Engine, round_id: str, spec: RoundSpec, progress: bool = False) -> dict[str, Any]:
+def _cohort_steps(engine: Engine, round_id: str, spec: RoundSpec, progress: bool) -> list[dict[str, Any]]:
+    """The personal step, then one step per cohort (train, scope, evaluate, gate: each safe to repeat)."""
+    fitted = durable_step(engine, round_id, "personal", 5, lambda: _personal_step(engine, spec))
+    outcomes = []
+    for k, plan in enumerate(fitted.get("cohorts") or []):
+        if not plan["train"]:
+            outcomes.append({"cohort": plan["cohort"], "outcome": "skipped", "reasons": [plan["reason"]]})
+            continue
+        outcomes.append(durable_step(engine, round_id, f"cohort-{plan['cohort']}", 6 + k, partial(
+            _cohort_step, engine, round_id, spec, fitted["personal_run_id"], int(plan["cohort"]), progress)))
+    return outcomes
+
+
+def _personal_step(engine: Engine, spec: RoundSpec) -> dict[str, Any]:
+    from ratingloop.personal import cohort_members, record_personal
+
+    cfg = spec.personal()
+    if not cfg.cohort_adapters:
+        return {"status": "skipped", "reason": "personal.cohort_adapters is false"}
+    try:
+        run = record_personal(engine, cfg)
+    except RatingloopError as e:
+        return {"status": "skipped", "reason": f"no personal weights: {e}"}
+    if run.k < 2:
+        return {"status": "skipped", "personal_run_id": run.run_id, "k": run.k,
+                "reason": f"{run.k} cohort(s): one model serves everyone; nothing more to train"}
+    plans = []
+    for cohort, (users, n_ratings) in cohort_members(engine, run.run_id).items():
+        enough = n_ratings >= cfg.min_cohort_ratings
+        plans.append({"cohort": cohort, "users": len(users), "ratings": n_ratings, "train": enough,
+                      "reason": "" if enough else f"cohort {cohort}: {n_ratings} ratings from {len(users)} users, "
+                                                  f"under personal.min_cohort_ratings={cfg.min_cohort_ratings}"})
+    return {"personal_run_id": run.run_id, "k": run.k, "cohorts": plans}
+
+
+def _cohort_step(engine: Engine, round_id: str, spec: RoundSpec, personal_run_id: str, cohort: int,
+                 progress: bool) -> dict[str, Any]:
+    """Train cohort `cohort`'s adapter on top of the active version, judge it on the cohort against what serves
+    the cohort now, and serve it to the cohort or reject it."""
+    from ratingloop.evaluate import EvalConfig, evaluate
+    from ratingloop.models.registry import get_version, promote_cohort, reject, set_cohort
+    from ratingloop.personal import cohort_members
+
+    users = cohort_members(engine, personal_run_id).get(cohort, (frozenset(), 0))[0]
+    out: dict[str, Any] = {"cohort": cohort, "personal_run_id": personal_run_id, "users": len(users)}
+    trained = _train_step(engine, round_id, spec, progress, cohort=(cohort, users))
+    version_id = trained.get("version_id")
+    if trained.get("status") == "failed" or not version_id:
+        return out | {"status": "failed", "outcome": "failed", "error": trained.get("error")}
+    set_cohort(engine, version_id, personal_run_id, cohort)
+    against = serving(engine, users)
+    try:
+        report = evaluate(engine, version_id, against, cfg=spec.section(EvalConfig, "eval"), progress=progress,
+                          users=users)
+        verdict, reasons, evaluation_id = report.verdict, report.reasons, report.evaluation_id
+        out |= {"against": report.against, "win_rate": report.win_rate, "ci_low": report.ci_low,
+                "ci_high": report.ci_high, "n_prompts": report.n_prompts}
+    except Exception as e:  # noqa: BLE001 - a candidate the gate could not judge is rejected, never served
+        verdict, reasons, evaluation_id = "reject", [f"evaluation crashed: {type(e).__name__}: {e}"], None
+    if verdict == "promote":
+        try:
+            promote_cohort(engine, version_id, actor="loop", reason=f"round {round_id}: " + "; ".join(reasons),
+                           evaluation_id=evaluation_id)
+            return out | {"version_id": version_id, "outcome": "promoted", "reasons": reasons}
+        except RatingloopError as e:
+            reasons = [f"promotion refused: {e}"]
+    if get_version(engine, version_id).status != "rejected":
+        reject(engine, version_id, actor="loop", reasons=reasons or ["the gate said reject"],
+               evaluation_id=evaluation_id)
+    return out | {"version_id": version_id, "outcome": "rejected", "reasons": reasons}
+
+
+def serving(engine: Engine, users: frozenset[str]) -> str:
+    """The version most of `users` are served now (as serve routes them): a cohort version, the active one, or
+    "base"."""
+    from collections import Counter
+
+    from ratingloop.serve.routing import ACTIVE, load_routes
+
+    routes = load_routes(engine)
+    counts = Counter(routes.pick(ACTIVE, u).version for u in users)
+    return counts.most_common(1)[0][0] if counts else routes.active.version
+
+
+def _train_step(engine: Engine, round_id: str, spec: RoundSpec, progress: bool = False,
+                cohort: tuple[int, frozenset[str]] | None = None) -> dict[str, Any]:
+    """The round's global candidate; with `cohort` (its number and users), that cohort's adapter, from its users'
+    ratings only and starting from the active version's adapter. Its training run is tagged ROUND/cohort-N."""
+    from dataclasses import replace
+
     from ratingloop.models.registry import active_version, fail_run, list_runs, list_versions
     from ratingloop.train import resume
 
-    earlier = [r for r in list_runs(engine) if r.round_id == round_id]  # a crash ran this step before
+    tag = round_id if cohort is None else f"{round_id}/cohort-{cohort[0]}"
+    earlier = [r for r in list_runs(engine) if r.round_id == tag]  # a crash ran this step before
     for run in earlier:
         if run.status == "succeeded":  # killed after training registered its version: that is the round's
             [version] = [v for v in list_versions(engine) if v.training_run_id == run.id]
@@ -203,14 +309,18 @@ def _train_step(engine: Engine, round_id: str, spec: RoundSpec, progress: bool =
             fail_run(engine, run.id, f"the loop process died during this run and it cannot resume ({e}); "
                                      "the round trains again")
     active = active_version(engine)
-    out_dir = Path(spec.out_root) / round_id / f"train-{len(earlier) + 1}"
+    name = "train" if cohort is None else f"cohort-{cohort[0]}"
+    out_dir = Path(spec.out_root) / round_id / f"{name}-{len(earlier) + 1}"
+    cfg: Callable[[int], TrainConfig] = spec.train_config
+    if cohort is not None and active is not None and active.adapter_path:
+        cfg = lambda n: replace(spec.train_config(n), init_adapter=str(active.adapter_path))  # noqa: E731
     try:
         result = train_from_store(
-            engine, spec.method, out_dir=out_dir, base=spec.base,
-            cfg=spec.train_config,
+            engine, spec.method, out_dir=out_dir, base=spec.base, cfg=cfg,
             build_cfg=spec.section(BuildConfig, "build", LOOP_BUILD_DEFAULTS),
             signals_cfg=spec.section(SignalsConfig, "signals"),
-            parent_version_id=active.id if active else None, round_id=round_id, progress=progress)
+            parent_version_id=active.id if active else None, round_id=tag, progress=progress,
+            raters=cohort[1] if cohort is not None else None)
     except Exception as e:  # noqa: BLE001 - any training failure fails the round, recorded with its reason
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
     return _trained(result, resumed=False)
@@ -248,7 +358,7 @@ def _eval_step(engine: Engine, version_id: str, spec: RoundSpec, progress: bool 
 
     try:
         report: dict[str, Any] = evaluate(engine, version_id, "active", cfg=spec.section(EvalConfig, "eval"),
-                                          progress=progress).as_dict()
+                                          progress=progress, cohorts=_served_cohorts(engine)).as_dict()
     except Exception as e:  # noqa: BLE001 - the gate rejects a candidate it could not judge
         log.error("round: evaluating %s crashed: %s", version_id, e)
         return {"status": "failed", "verdict": "reject", "reasons": [f"evaluation crashed: {type(e).__name__}: {e}"],
@@ -257,6 +367,20 @@ def _eval_step(engine: Engine, version_id: str, spec: RoundSpec, progress: bool 
     # user purges; a step's output is also kept by DBOS in its own tables, which no purge reaches.
     report.pop("examples", None)
     return report
+
+
+def _served_cohorts(engine: Engine) -> dict[str, frozenset[str]]:
+    """The newest personal run's cohorts (2 or more), less the users a cohort version serves: whom the active
+    version serves, and a global candidate must not leave worse off."""
+    from ratingloop.personal import cohort_members, load_personal
+    from ratingloop.serve.routing import load_routes
+
+    run = load_personal(engine)
+    if run is None or run.k < 2:
+        return {}
+    own = load_routes(engine).cohorts
+    return {str(c): frozenset(u for u in users if u not in own) for c, (users, _) in
+            cohort_members(engine, run.run_id).items()}
 
 
 def _gate_step(engine: Engine, round_id: str, version_id: str, report: dict[str, Any]) -> dict[str, Any]:

@@ -48,15 +48,19 @@ class Pool:
     n_scrubbed: int = 0  # answers or corrections whose text PII scrubbing changed
 
 
-def load_pool(engine: Engine, signals: StoredSignals, cfg: BuildConfig) -> Pool:
-    """Answers (merged when identical) and corrections, with every drop recorded in `pool.log`."""
+def load_pool(engine: Engine, signals: StoredSignals, cfg: BuildConfig, raters: frozenset[str] | None = None) -> Pool:
+    """Answers (merged when identical) and corrections, with every drop recorded in `pool.log`.
+    `raters`: only the answers, corrections and comparisons these raters gave count (a cohort's build); an
+    answer keeps the signals run's reward, which is its raters' consensus."""
     sds = reward_sds(signals, cfg)
     pool = Pool(n_interactions=len(signals.interactions))
     ids = [s.interaction_id for s in signals.interactions]
     with engine.connect() as conn:
         convo = _interactions(conn, ids)
-        ratings = _counted_ratings(conn, signals.counted)
-    pool.comparisons = _counted_comparisons(engine, signals.counted)
+        ratings = _counted_ratings(conn, signals.counted, raters)
+    kept = {rid for used in ratings.values() for rid, *_ in used}
+    pool.comparisons = [c for c in _counted_comparisons(engine, signals.counted)
+                        if raters is None or c.rating_id in kept]
     for c in pool.comparisons:  # a comparison is also a rating of every other answer it names
         for iid in {x for tier in c.tiers for x in tier} - {c.interaction_id}:
             ratings.setdefault(iid, []).append((c.rating_id, c.kind, "", c.source))
@@ -90,7 +94,8 @@ def load_pool(engine: Engine, signals: StoredSignals, cfg: BuildConfig) -> Pool:
         singles.append(Answer(prompt, prompt_key(prompt), response, s.reward, sd, confidence,
                               (s.interaction_id,), tuple(rid for rid, _, _, _ in used), judged))
         corrections += [(s.interaction_id, rid, text) for rid, kind, text, _ in used if kind == "correction" and text]
-    pool.log.add("no_unflagged_ratings", no_ratings, "interactions were rated only by flagged raters")
+    pool.log.add("no_unflagged_ratings", no_ratings, "interactions were rated only by flagged raters"
+                 + (" or by raters outside the cohort" if raters is not None else ""))
     pool.log.add("judge_only", judge_only, "interactions were rated only by a reward model (build.judge_weight=0)")
     pool.log.add("empty", empty, "interactions have an empty prompt or response")
     pool.answers = merge_duplicates(singles, pool.log) if cfg.dedupe else singles
@@ -159,13 +164,16 @@ def _counted_comparisons(engine: Engine, counted: dict[str, list[str]]) -> list[
     return [c for c in load_comparisons(engine, latest=False) if c.rating_id in ids]
 
 
-def _counted_ratings(conn: Connection, counted: dict[str, list[str]]) -> dict[str, list[tuple[str, str, str, str]]]:
-    """Per interaction: (rating id, kind, text, source) of each rating the signals run counted, in its order.
-    A rating deleted since the run (its user was deleted) is simply not found."""
+def _counted_ratings(conn: Connection, counted: dict[str, list[str]], raters: frozenset[str] | None = None
+                     ) -> dict[str, list[tuple[str, str, str, str]]]:
+    """Per interaction: (rating id, kind, text, source) of each rating the signals run counted, in its order
+    (only `raters`' when given). A rating deleted since the run (its user was deleted) is simply not found."""
     r = t.ratings.c
     ids = [rid for rids in counted.values() for rid in rids]
     found: dict[str, tuple[str, str, str, str]] = {}
     for k in range(0, len(ids), CHUNK):
-        for row in conn.execute(select(r.id, r.kind, r.text, r.source).where(r.id.in_(ids[k:k + CHUNK]))):
-            found[row.id] = (row.id, row.kind, row.text or "", row.source or "")
+        query = select(r.id, r.kind, r.text, r.source, r.rater_id).where(r.id.in_(ids[k:k + CHUNK]))
+        for row in conn.execute(query):
+            if raters is None or row.rater_id in raters:
+                found[row.id] = (row.id, row.kind, row.text or "", row.source or "")
     return {iid: [found[rid] for rid in rids if rid in found] for iid, rids in counted.items()}

@@ -61,15 +61,16 @@ class BuildResult:
 
 
 def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
-                  signals: StoredSignals | None = None) -> BuildResult:
+                  signals: StoredSignals | None = None, raters: frozenset[str] | None = None) -> BuildResult:
     """Build the `fmt` training set into `out_dir` from `signals` (default: the newest recorded run) and
-    record its snapshot."""
+    record its snapshot. `raters`: from these raters' ratings only (a cohort's training set); the manifest
+    records how many."""
     check_format(fmt)
     cfg.validate()
     started = datetime.now(timezone.utc)  # a user deleted from now on may be in what we read: not recorded
     if signals is None:
         signals = load_signals(engine)
-    pool = load_pool(engine, signals, cfg)
+    pool = load_pool(engine, signals, cfg, raters)
     filters = FilterLog(dict(pool.log.removed), dict(pool.log.why))
 
     # --- rows, cleaned and split ---------------------------------------------------------------
@@ -92,6 +93,8 @@ def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
     created_at = datetime.now(timezone.utc)
     snapshot_id = new_id()
     manifest = _manifest(fmt, snapshot_id, created_at, pool, filters, train, eval_, cfg, signals, warnings)
+    if raters is not None:
+        manifest["raters"] = len(raters)  # only these raters' ratings (a cohort's set); not their ids
     if comparisons is not None:  # which comparisons became pairs, and why the others did not
         manifest["comparisons"] = comparisons
     write_splits(out_dir, train, eval_)

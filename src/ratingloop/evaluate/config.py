@@ -41,11 +41,14 @@ class EvalConfig:
     max_kl: float = 1.0
     max_aspect_drop: float = 0.1  # an aspect's win rate may fall at most this far below 0.5
     min_aspect_answers: int = 5  # fewer held-out answers rated on an aspect: no guard for it
+    # MaxMin: a global candidate must not leave any cohort of users (ratingloop.personal) worse off - the win rate
+    # on the held-out prompts of a cohort the global version serves must not be below 0.5 beyond its interval
+    min_cohort_prompts: int = 8  # fewer voted prompts from a cohort's users: no guard for it
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("max_prompts", "max_rated_answers", "max_tokens", "batch_size", "score_batch_size",
-                     "score_max_length", "n_bootstrap", "min_aspect_answers"):
+                     "score_max_length", "n_bootstrap", "min_aspect_answers", "min_cohort_prompts"):
             if getattr(self, name) < 1:
                 problems.append(f"eval.{name}={getattr(self, name)}: must be at least 1")
         unknown = [j for j in self.judges if j not in JUDGES]

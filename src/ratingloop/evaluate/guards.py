@@ -60,6 +60,11 @@ def aspect_guard(win_rate: float, n: int, limit: float) -> Guard:
     return {"value": win_rate - 0.5, "limit": -limit, "ok": win_rate - 0.5 >= -limit, "rated_answers": n}
 
 
+def cohort_guard(win_rate: float, ci_low: float, ci_high: float, n: int, users: int) -> Guard:
+    return {"value": win_rate, "ci_low": ci_low, "ci_high": ci_high, "limit": 0.5, "ok": ci_high >= 0.5,
+            "prompts": n, "users": users}
+
+
 def failed(guards: dict[str, Guard]) -> list[str]:
     """One reason per failed guard, with its numbers."""
     out = []
@@ -69,6 +74,10 @@ def failed(guards: dict[str, Guard]) -> list[str]:
         if name == "length_ratio":
             out.append(f"guard length_ratio: answers are {g['value']:.2f}x as long ({g['candidate_words']:.1f} vs "
                        f"{g['other_words']:.1f} words), outside [{g['floor']:.2f}, {g['limit']:.2f}]")
+        elif name.startswith("cohort:"):
+            out.append(f"guard {name}: the {g['users']} users of this cohort would be worse off - win rate "
+                       f"{g['value']:.3f} on their {g['prompts']} held-out prompts, interval [{g['ci_low']:.3f}, "
+                       f"{g['ci_high']:.3f}] below 0.5")
         elif name.startswith("aspect:"):
             out.append(f"guard {name}: win rate on the aspect fell {-g['value']:.2f} below 0.5 "
                        f"(limit {-g['limit']:.2f}, {g['rated_answers']} rated answers)")

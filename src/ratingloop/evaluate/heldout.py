@@ -43,6 +43,7 @@ class HeldOutPrompt:
     interaction_ids: list[str] = field(default_factory=list)
     grader: str | None = None  # tags["simulated"]["grader"] of its interactions, if any
     rated: list[RatedAnswer] = field(default_factory=list)
+    users: set[str] = field(default_factory=set)  # who asked it (the interactions' user ids)
 
 
 def normalise(messages: list[dict[str, Any]] | None) -> list[Message]:
@@ -50,9 +51,10 @@ def normalise(messages: list[dict[str, Any]] | None) -> list[Message]:
     return [{"role": str(m["role"]), "content": str(m.get("content") or "")} for m in messages or []]
 
 
-def training_keys(engine: Engine, version_id: str | None) -> tuple[set[str], list[str]]:
-    """The train-split prompt keys of `version_id` and its ancestors, and warnings for sets that cannot be
-    read (a version registered without a dataset: its training prompts are unknown)."""
+def training_keys(engine: Engine, version_id: str | None, lineage: bool = True) -> tuple[set[str], list[str]]:
+    """The train-split prompt keys of `version_id` and its ancestors (only its own with `lineage` false), and
+    warnings for sets that cannot be read (a version registered without a dataset: its training prompts are
+    unknown)."""
     keys: set[str] = set()
     warnings: list[str] = []
     seen: set[str] = set()
@@ -71,7 +73,7 @@ def training_keys(engine: Engine, version_id: str | None) -> tuple[set[str], lis
                                 "and cannot be held out")
             else:
                 keys |= _manifest_keys(conn, manifest, row.dataset_snapshot_id, warnings)
-            version_id = row.parent_id
+            version_id = row.parent_id if lineage else None
     return keys, warnings
 
 
@@ -93,11 +95,12 @@ def _manifest_keys(conn: Any, manifest: dict[str, Any], snapshot_id: str, warnin
     return keys
 
 
-def held_out_prompts(engine: Engine, exclude: set[str], rewards: dict[str, tuple[float, dict[str, float]]]
-                     ) -> list[HeldOutPrompt]:
+def held_out_prompts(engine: Engine, exclude: set[str], rewards: dict[str, tuple[float, dict[str, float]]],
+                     users: frozenset[str] | None = None) -> list[HeldOutPrompt]:
     """Every distinct prompt in the store whose key is not in `exclude`, in the module's order.
 
     `rewards`: interaction id -> (reward, aspects) of the rated interactions (a signals run).
+    `users`: only what these users asked (a cohort's prompts and their own rated answers).
     A prompt must end with a user (or system) turn: a trailing assistant turn leaves nothing to answer.
     """
     from ratingloop.dataset import prompt_key
@@ -105,8 +108,10 @@ def held_out_prompts(engine: Engine, exclude: set[str], rewards: dict[str, tuple
     i = t.interactions.c
     prompts: dict[str, HeldOutPrompt] = {}
     with engine.connect() as conn:
-        rows = conn.execute(select(i.id, i.messages, i.response, i.tags).order_by(i.created_at, i.id))
+        rows = conn.execute(select(i.id, i.messages, i.response, i.tags, i.user_id).order_by(i.created_at, i.id))
         for row in rows:
+            if users is not None and row.user_id not in users:
+                continue
             messages = normalise(row.messages)
             if not messages or messages[-1]["role"] == "assistant":
                 continue
@@ -115,6 +120,8 @@ def held_out_prompts(engine: Engine, exclude: set[str], rewards: dict[str, tuple
                 continue
             p = prompts.setdefault(key, HeldOutPrompt(key, messages))
             p.interaction_ids.append(row.id)
+            if row.user_id is not None:
+                p.users.add(row.user_id)
             sim = (row.tags or {}).get("simulated")
             if p.grader is None and isinstance(sim, dict) and isinstance(sim.get("grader"), str):
                 p.grader = sim["grader"]

@@ -85,24 +85,35 @@ class Side:
 
 
 def evaluate(engine: Engine, candidate: str, against: str = "active", *, cfg: EvalConfig = DEFAULTS,
-             progress: bool = True) -> EvalReport:
-    """Compare `candidate` with `against` ("active", "base" or a version id) and record the verdict."""
+             progress: bool = True, users: frozenset[str] | None = None,
+             cohorts: dict[str, frozenset[str]] | None = None) -> EvalReport:
+    """Compare `candidate` with `against` ("active", "base" or a version id) and record the verdict.
+
+    `users`: judge on what these users asked and rated only (a cohort version on its cohort). The candidate
+    must then be trained on top of `against` (its parent): what both learnt from the parent's training set is
+    shared, so only the candidate's own training prompts are held out.
+    `cohorts`: name -> users of each cohort `against` serves; a cohort whose win rate is below 0.5 beyond its
+    interval fails the candidate (MaxMin: no group made worse off)."""
     start = time.monotonic()
     cand, other = _sides(engine, candidate, against)
     warnings: list[str] = []
 
     # 2. held-out prompts
     exclude: set[str] = set()
+    shared = users is not None and _parent(engine, candidate) == other.version_id
+    if users is not None and not shared:
+        warnings.append(f"{candidate} was not trained on top of {other.version_id or 'the base'}: both lineages' "
+                        "training prompts are held out")
     for side in (cand, other):
-        keys, notes = training_keys(engine, side.version_id)
-        exclude |= keys
+        keys, notes = training_keys(engine, side.version_id, lineage=not shared)
+        exclude |= keys if side is cand or not shared else set()
         warnings += notes
     rm = newest_reward_model(engine, cfg.reward_model) if "reward_model" in cfg.judges else None
     rm_keys: set[str] = set()
     if rm is not None and rm.version_id is not None:
         rm_keys, notes = training_keys(engine, rm.version_id)
         warnings += notes
-    prompts = held_out_prompts(engine, exclude, _rewards(engine, cfg, warnings))
+    prompts = held_out_prompts(engine, exclude, _rewards(engine, cfg, warnings), users)
     if not prompts:
         raise EvalError(f"no held-out prompts: every prompt in the store is in a training set of {cand.version_id} "
                         f"or {other.version_id or 'the base'}; serve or import new prompts, then evaluate again")
@@ -144,7 +155,8 @@ def evaluate(engine: Engine, candidate: str, against: str = "active", *, cfg: Ev
     guards = {"length_ratio": g.length_ratio(answers_c, answers_o, cfg.max_length_ratio, cfg.min_length_ratio),
               "refusal_increase": g.refusal_increase(answers_c, answers_o, cfg.max_refusal_increase),
               "kl_per_token": g.kl_per_token(kl_total, kl_tokens, cfg.max_kl),
-              **_aspect_guards(prompts, moves, cfg)}
+              **_aspect_guards(prompts, moves, cfg),
+              **_cohort_guards([prompts[k] for k in voted], outcomes, cohorts or {}, cfg)}
 
     # 7. the verdict
     reasons = []
@@ -286,6 +298,26 @@ def _aspect_guards(prompts: Sequence[HeldOutPrompt], moves: dict[str, float], cf
             rate = float(np.mean(list(result.outcomes.values())))
             out[f"aspect:{aspect}"] = g.aspect_guard(rate, n, cfg.max_aspect_drop)
     return out
+
+
+def _cohort_guards(voted: Sequence[HeldOutPrompt], outcomes: Sequence[float], cohorts: dict[str, frozenset[str]],
+                   cfg: EvalConfig) -> dict[str, Any]:
+    """MaxMin: per cohort, the win rate on the voted prompts its users asked; fails when its interval's top is
+    below 0.5 (the candidate is worse for that cohort, not merely unproven)."""
+    out = {}
+    for name, members in sorted(cohorts.items()):
+        mine = [o for p, o in zip(voted, outcomes, strict=True) if p.users & members]
+        if len(mine) < cfg.min_cohort_prompts:
+            continue
+        w = win_rate(mine, n_resamples=cfg.n_bootstrap, confidence=cfg.confidence, seed=cfg.seed)
+        out[f"cohort:{name}"] = g.cohort_guard(w.win_rate, w.ci_low, w.ci_high, w.n, len(members))
+    return out
+
+
+def _parent(engine: Engine, version_id: str) -> str | None:
+    from ratingloop.models.registry import get_version
+
+    return get_version(engine, version_id).parent_id
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:

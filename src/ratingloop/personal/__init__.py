@@ -12,7 +12,8 @@ config.py     PersonalConfig, the `[personal]` settings
 Reads the store and a stored signals run (never refits one); writes `personal_runs`, `personal_users` and
 `personal_cohorts`. Importing this package loads numpy, scipy (through signals) and the store's tables;
 scikit-learn loads only when users are clustered.
-Cohort adapters and routing by cohort read a stored run; they are not here yet.
+The loop (loop.py) trains an adapter per cohort from a stored run; serve and generate route a user to their
+cohort's version (serve/routing.py); the registry keeps those versions (models/registry.py, status `cohort`).
 """
 
 from ratingloop.personal.config import PersonalConfig
@@ -22,6 +23,7 @@ from ratingloop.personal.runs import (
     Cohort,
     StoredPersonal,
     UserWeights,
+    cohort_members,
     load_personal,
     newer_signals_run,
     purge_user,
@@ -30,5 +32,5 @@ from ratingloop.personal.runs import (
 )
 
 __all__ = ["Cohort", "PersonalConfig", "PersonalFit", "StoredPersonal", "UserRatings", "UserWeights",
-           "fit_personal", "load_personal", "newer_signals_run", "purge_user", "record_personal", "user_ratings",
-           "user_weights"]
+           "cohort_members", "fit_personal", "load_personal", "newer_signals_run", "purge_user", "record_personal",
+           "user_ratings", "user_weights"]

@@ -23,6 +23,11 @@ class PersonalConfig:
     folds: int = 5  # each user's ratings are split into this many parts; each is held out once
     min_feature_ratings: int = 10  # an aspect is a feature when at least this many rated answers have it
     seed: int = 0  # KMeans and the held-out split: the same store and seed give the same cohorts
+    # the loop: after each round, fit a personal run and, when it finds 2 or more cohorts, train an adapter for
+    # each cohort whose users gave at least min_cohort_ratings ratings, on top of the global version; the gate
+    # judges it on that cohort's held-out prompts against what the cohort is served now
+    cohort_adapters: bool = True
+    min_cohort_ratings: int = 100
 
     def check(self) -> None:
         problems = []
@@ -37,6 +42,8 @@ class PersonalConfig:
             problems.append(f"personal.min_cohort_users={self.min_cohort_users}: at least 1")
         if self.folds < 2:
             problems.append(f"personal.folds={self.folds}: at least 2")
+        if self.min_cohort_ratings < 1:
+            problems.append(f"personal.min_cohort_ratings={self.min_cohort_ratings}: at least 1")
         if self.min_gain < 0:
             problems.append(f"personal.min_gain={self.min_gain}: must be >= 0")
         if problems:

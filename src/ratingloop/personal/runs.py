@@ -147,6 +147,19 @@ def user_weights(engine: Engine, user_id: str, run_id: str | None = None) -> Use
                        row.status, about)
 
 
+def cohort_members(engine: Engine, run_id: str) -> dict[int, tuple[frozenset[str], int]]:
+    """Per cohort of personal run `run_id`: the users it placed there and how many ratings they gave."""
+    u = t.personal_users.c
+    members: dict[int, tuple[set[str], int]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(select(u.cohort, u.user_id, u.n_ratings).where(u.run_id == run_id,
+                                                                                 u.cohort.is_not(None))):
+            users, n = members.setdefault(row.cohort, (set(), 0))
+            users.add(row.user_id)
+            members[row.cohort] = (users, n + row.n_ratings)
+    return {c: (frozenset(users), n) for c, (users, n) in sorted(members.items())}
+
+
 def purge_user(conn: Connection, footprint: Footprint) -> None:
     """A deleted user's weights in every personal run, inside the deleting transaction."""
     conn.execute(delete(t.personal_users).where(t.personal_users.c.user_id == footprint.user_id))

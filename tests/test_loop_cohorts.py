@@ -1,0 +1,147 @@
+"""The loop's personal stage (issue 15, item 3): after the global gate a round fits cohorts and trains, for each
+cohort with enough ratings, an adapter from that cohort's raters on top of the active version, which the gate
+judges on the cohort's own held-out prompts; with one cohort nothing more is trained. And the global gate's
+MaxMin guard: a candidate that is worse for a cohort is rejected whatever its overall win rate.
+
+Tiny models and a few steps keep a round to seconds; bench/personal.py measures the default model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+
+from personal_world import KEY, grouped_store
+from ratingloop.dataset import BuildConfig, build_dataset
+from ratingloop.evaluate import EvalConfig
+from ratingloop.evaluate.guards import failed
+from ratingloop.evaluate.heldout import HeldOutPrompt
+from ratingloop.evaluate.run import _cohort_guards
+from ratingloop.loop import RoundSpec, _cohort_step, run_loop
+from ratingloop.models.registry import COHORT, get_run, get_version, latest_evaluation, list_runs, list_versions
+from ratingloop.personal import cohort_members, load_personal
+from ratingloop.rounds import list_rounds
+from ratingloop.signals import load_signals
+from ratingloop.simulate.groups import GroupsConfig
+from ratingloop.store import open_engine
+from ratingloop.store import tables as t
+
+TINY = ("train.max_steps=2", "train.lora_r=4", "train.lora_alpha=8", "train.batch_size=2", "train.max_length=96",
+        "train.logging_steps=1", "train.save_steps=0", "eval.max_prompts=6", "eval.max_tokens=8",
+        "eval.max_rated_answers=24", "personal.min_cohort_ratings=50")
+
+
+def _spec(base: Path, tmp_path: Path, *extra: str) -> RoundSpec:
+    return RoundSpec(method="kto", base=str(base), overrides=TINY + extra, out_root=str(tmp_path / "runs"))
+
+
+def _raters(engine: Engine, rating_ids: list[str]) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(t.ratings.c.rater_id).where(t.ratings.c.id.in_(rating_ids))).scalars())
+
+
+def test_a_cohort_build_holds_only_its_raters_ratings(sqlite_url: str, tmp_path: Path) -> None:
+    engine = open_engine(sqlite_url)
+    world, stored = grouped_store(engine, GroupsConfig(n_users=30, seed=1))
+    thorough = frozenset(u for u, g in world.group_of.items() if g == 1)  # the 30% who want thorough answers
+    everyone = build_dataset(engine, "kto", tmp_path / "all", BuildConfig(), stored)
+    mine = build_dataset(engine, "kto", tmp_path / "mine", BuildConfig(), stored, raters=thorough)
+    assert _raters(engine, mine.manifest["rating_ids"]) <= thorough
+    assert _raters(engine, everyone.manifest["rating_ids"]) - thorough  # the other group is in the global set
+    assert mine.manifest["raters"] == len(thorough) and "raters" not in everyone.manifest
+    assert 0 < mine.manifest["rows"]["train"] < everyone.manifest["rows"]["train"]
+
+
+def test_maxmin_guard_fails_a_candidate_that_leaves_a_cohort_worse_off() -> None:
+    cfg = EvalConfig(min_cohort_prompts=4, n_bootstrap=500)
+    prompts = [HeldOutPrompt(f"p{k}", [], users={f"major{k % 7}" if k < 20 else f"minor{k % 3}"}) for k in range(30)]
+    outcomes = [1.0] * 20 + [0.0] * 8 + [1.0, 0.5]  # the majority always wins; the minority nearly always loses
+    cohorts = {"0": frozenset(f"major{k}" for k in range(7)), "1": frozenset(f"minor{k}" for k in range(3)),
+               "2": frozenset({"nobody-asked"})}
+    guards = _cohort_guards(prompts, outcomes, cohorts, cfg)
+    assert set(guards) == {"cohort:0", "cohort:1"}  # cohort 2 asked fewer than min_cohort_prompts: no guard
+    assert guards["cohort:0"]["ok"] and guards["cohort:0"]["value"] == 1.0
+    assert not guards["cohort:1"]["ok"] and guards["cohort:1"]["ci_high"] < 0.5 and guards["cohort:1"]["prompts"] == 10
+    [reason] = failed(guards)
+    assert reason.startswith("guard cohort:1: the 3 users of this cohort would be worse off - win rate 0.150")
+    even = _cohort_guards(prompts, [1.0] * 20 + [0.0, 1.0] * 5, cohorts, cfg)
+    assert even["cohort:1"]["ok"]  # unproven either way is not worse off
+
+
+def test_a_round_trains_judges_and_serves_an_adapter_per_cohort(sqlite_url: str, tiny_base: Path,
+                                                               tmp_path: Path) -> None:
+    engine = open_engine(sqlite_url)
+    grouped_store(engine, GroupsConfig(n_users=30, seed=0))
+    spec = _spec(tiny_base, tmp_path)
+    [outcome] = run_loop(engine, spec, user_key=KEY, once=True)
+
+    [round_] = list_rounds(engine)
+    assert [s.name for s in round_.steps] == ["train", "label", "eval", "gate", "personal", "cohort-0", "cohort-1"]
+    personal = load_personal(engine)
+    assert personal is not None and personal.k == 2
+    members = cohort_members(engine, personal.run_id)
+    active = next((v for v in list_versions(engine, "active")), None)
+    assert len(outcome["cohorts"]) == 2
+    for done in outcome["cohorts"]:
+        c, vid = done["cohort"], done["version_id"]
+        version = get_version(engine, vid)
+        assert (version.personal_run_id, version.cohort) == (personal.run_id, c)
+        assert version.status == (COHORT if done["outcome"] == "promoted" else "rejected"), done
+        assert version.parent_id == (active.id if active else None)
+        run = get_run(engine, str(version.training_run_id))
+        assert run.round_id == f"{round_.id}/cohort-{c}"
+        assert run.config["init_adapter"] == (str(active.adapter_path) if active else "")
+        with engine.connect() as conn:
+            manifest = conn.execute(select(t.DatasetSnapshot.__table__.c.manifest).where(
+                t.DatasetSnapshot.__table__.c.id == run.dataset_snapshot_id)).scalar_one()
+        assert manifest["raters"] == len(members[c][0])
+        assert _raters(engine, manifest["rating_ids"]) <= members[c][0]  # only the cohort's ratings trained it
+        evaluation = latest_evaluation(engine, vid)
+        assert evaluation is not None and evaluation["against_id"] == (active.id if active else None)
+        asked = {p for p, users in _askers(engine).items() if users & members[c][0]}
+        assert evaluation["report"]["n_prompts"] > 0
+        assert {_key(x["messages"]) for x in evaluation["report"]["examples"]} <= asked  # judged on its own prompts
+
+    # the step is safe to repeat (a resumed round): the cohort's run is found, no second version
+    again = _cohort_step(engine, round_.id, spec, personal.run_id, 1, False)
+    assert again["version_id"] == outcome["cohorts"][1]["version_id"]
+    assert sum(r.round_id == f"{round_.id}/cohort-1" for r in list_runs(engine)) == 1
+
+
+def test_one_homogeneous_group_trains_nothing_more(sqlite_url: str, tiny_base: Path, tmp_path: Path) -> None:
+    engine = open_engine(sqlite_url)
+    grouped_store(engine, GroupsConfig(groups=(("concise", 1.0),), n_users=30, seed=0))
+    [outcome] = run_loop(engine, _spec(tiny_base, tmp_path), user_key=KEY, once=True)
+    [round_] = list_rounds(engine)
+    personal_step = round_.steps[-1]
+    assert personal_step.name == "personal" and personal_step.status == "skipped"
+    assert "1 cohort(s)" in personal_step.detail["reason"]
+    assert outcome["cohorts"] == [] and len(list_versions(engine)) == 1
+    assert load_signals(engine).run_id  # the round's own signals run is what personal read
+
+
+def test_a_small_cohort_is_skipped_with_the_reason(sqlite_url: str, tiny_base: Path, tmp_path: Path) -> None:
+    engine = open_engine(sqlite_url)
+    grouped_store(engine, GroupsConfig(n_users=30, seed=0))
+    [outcome] = run_loop(engine, _spec(tiny_base, tmp_path, "personal.min_cohort_ratings=100000"), user_key=KEY,
+                         once=True)
+    assert [c["outcome"] for c in outcome["cohorts"]] == ["skipped", "skipped"]
+    assert "under personal.min_cohort_ratings=100000" in outcome["cohorts"][1]["reasons"][0]
+    assert all(v.cohort is None for v in list_versions(engine))
+
+
+def _askers(engine: Engine) -> dict[str, set[str]]:
+    """Prompt key -> the users who asked it (the simulated users share a bank of prompts)."""
+    askers: dict[str, set[str]] = {}
+    with engine.connect() as conn:
+        for messages, user in conn.execute(select(t.interactions.c.messages, t.interactions.c.user_id)):
+            askers.setdefault(_key(messages), set()).add(user)
+    return askers
+
+
+def _key(messages: list[dict[str, str]]) -> str:
+    from ratingloop.dataset import prompt_key
+    from ratingloop.evaluate.heldout import normalise
+
+    return prompt_key(normalise(messages))
