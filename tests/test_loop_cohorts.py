@@ -20,12 +20,14 @@ from ratingloop.evaluate.heldout import HeldOutPrompt
 from ratingloop.evaluate.run import _cohort_guards
 from ratingloop.loop import RoundSpec, _cohort_step, run_loop
 from ratingloop.models.registry import COHORT, get_run, get_version, latest_evaluation, list_runs, list_versions
-from ratingloop.personal import cohort_members, load_personal
+from ratingloop.personal import PersonalConfig, cohort_members, load_personal, record_personal
 from ratingloop.rounds import list_rounds
-from ratingloop.signals import load_signals
-from ratingloop.simulate.groups import GroupsConfig
-from ratingloop.store import open_engine
+from ratingloop.signals import SignalsConfig, load_signals, record_signals
+from ratingloop.signals.content import ContentConfig
+from ratingloop.simulate.groups import GroupsConfig, grouped_users
+from ratingloop.store import Limits, open_engine
 from ratingloop.store import tables as t
+from ratingloop.store.jsonl import import_lines
 
 TINY = ("train.max_steps=2", "train.lora_r=4", "train.lora_alpha=8", "train.batch_size=2", "train.max_length=96",
         "train.logging_steps=1", "train.save_steps=0", "eval.max_prompts=6", "eval.max_tokens=8",
@@ -96,12 +98,16 @@ def test_a_round_trains_judges_and_serves_an_adapter_per_cohort(sqlite_url: str,
             manifest = conn.execute(select(t.DatasetSnapshot.__table__.c.manifest).where(
                 t.DatasetSnapshot.__table__.c.id == run.dataset_snapshot_id)).scalar_one()
         assert manifest["raters"] == len(members[c][0])
+        own = load_signals(engine, manifest["signals_run_id"])  # the cohort's own rater model, fitted on its ratings
+        assert own.scope == f"cohort {c} of round {round_.id}" and {r.rater_id for r in own.raters} <= members[c][0]
         assert _raters(engine, manifest["rating_ids"]) <= members[c][0]  # only the cohort's ratings trained it
         evaluation = latest_evaluation(engine, vid)
         assert evaluation is not None and evaluation["against_id"] == (active.id if active else None)
         asked = {p for p, users in _askers(engine).items() if users & members[c][0]}
         assert evaluation["report"]["n_prompts"] > 0
         assert {_key(x["messages"]) for x in evaluation["report"]["examples"]} <= asked  # judged on its own prompts
+
+    assert load_signals(engine).scope is None  # "the newest signals run" stays everyone's
 
     # the step is safe to repeat (a resumed round): the cohort's run is found, no second version
     again = _cohort_step(engine, round_.id, spec, personal.run_id, 1, False)
@@ -129,6 +135,27 @@ def test_a_small_cohort_is_skipped_with_the_reason(sqlite_url: str, tiny_base: P
     assert [c["outcome"] for c in outcome["cohorts"]] == ["skipped", "skipped"]
     assert "under personal.min_cohort_ratings=100000" in outcome["cohorts"][1]["reasons"][0]
     assert all(v.cohort is None for v in list_versions(engine))
+
+
+def test_a_minority_the_rater_model_flags_still_forms_its_cohort(sqlite_url: str) -> None:
+    """With the content prior on, the population's rater model flags most of a 30% minority that wants thorough
+    answers (their ratings disagree with what most raters taught it); personalisation still reads their ratings."""
+    engine = open_engine(sqlite_url)
+    world = grouped_users(GroupsConfig(n_users=40, seed=0))
+    import_lines(engine, world.lines, Limits(), user_key=KEY)
+    stored = record_signals(engine, SignalsConfig(content=ContentConfig(mode="on")))
+    minority = {u for u, g in world.group_of.items() if g == 1}
+    assert len(stored.flagged & minority) > len(minority) / 2 > len(stored.flagged - minority)
+    run = record_personal(engine, PersonalConfig())
+    assert run.k == 2 and run.summary["n_placed"] >= 0.9 * len(world.users)
+    members = cohort_members(engine, run.run_id)
+    thorough = max(members, key=lambda c: len(members[c][0] & minority))
+    assert len(members[thorough][0] & minority) >= 0.8 * len(minority)  # found, flagged or not
+
+    scoped = record_signals(engine, SignalsConfig(content=ContentConfig(mode="on")), raters=frozenset(minority),
+                            scope="the minority")
+    assert len(scoped.flagged) < len(stored.flagged & minority)  # among themselves they agree
+    assert load_signals(engine).run_id == stored.run_id and load_signals(engine, scoped.run_id).scope == "the minority"
 
 
 def _askers(engine: Engine) -> dict[str, set[str]]:

@@ -61,12 +61,13 @@ def train_from_store(engine: Engine, method: str, *, out_dir: Path, base: str | 
                      build_cfg: BuildConfig | None = None,
                      signals_cfg: SignalsConfig | None = None, parent_version_id: str | None = None,
                      round_id: str | None = None, progress: bool = True, callbacks: Sequence[Any] = (),
-                     raters: frozenset[str] | None = None) -> TrainResult:
+                     raters: frozenset[str] | None = None, scope: str | None = None) -> TrainResult:
     """Record a signals run, build the method's dataset from it into OUT/data, and train on it.
 
     `cfg` may be a function of the number of train rows the build kept (the loop sizes its steps by the
     data: `train.config.loop_train_config`). Under `accelerate launch` only the main process records and
-    builds; the others wait for it and train on the same folder."""
+    builds; the others wait for it and train on the same folder. With `raters` (a cohort's users, under `scope`),
+    the signals run is fitted on their ratings only and the build holds only theirs."""
     out_dir = Path(out_dir)
     data_dir = out_dir / "data"
     if method not in METHODS:  # before anything is written
@@ -76,7 +77,7 @@ def train_from_store(engine: Engine, method: str, *, out_dir: Path, base: str | 
         if is_main_process():
             check_out_dir(out_dir)  # before the build replaces OUT/data of a model already there
             try:
-                signals = record_signals(engine, signals_cfg or SignalsConfig())
+                signals = record_signals(engine, signals_cfg or SignalsConfig(), raters=raters, scope=scope)
                 built = build_dataset(engine, fmt, data_dir, build_cfg or BuildConfig(), signals, raters)
             except RatingloopError as e:
                 raise RatingloopError(f"train --method {method}: cannot build its dataset from the store: {e}"
@@ -253,7 +254,7 @@ def _cohort_step(engine: Engine, round_id: str, spec: RoundSpec, personal_run_id
     against = serving(engine, users)
     try:
         report = evaluate(engine, version_id, against, cfg=spec.section(EvalConfig, "eval"), progress=progress,
-                          users=users)
+                          users=users, signals_run_id=_snapshot_signals(engine, version_id))
         verdict, reasons, evaluation_id = report.verdict, report.reasons, report.evaluation_id
         out |= {"against": report.against, "win_rate": report.win_rate, "ci_low": report.ci_low,
                 "ci_high": report.ci_high, "n_prompts": report.n_prompts}
@@ -270,6 +271,19 @@ def _cohort_step(engine: Engine, round_id: str, spec: RoundSpec, personal_run_id
         reject(engine, version_id, actor="loop", reasons=reasons or ["the gate said reject"],
                evaluation_id=evaluation_id)
     return out | {"version_id": version_id, "outcome": "rejected", "reasons": reasons}
+
+
+def _snapshot_signals(engine: Engine, version_id: str) -> str | None:
+    """The signals run a version's training set was built from (a cohort's own run, for a cohort version)."""
+    from sqlalchemy import select
+
+    from ratingloop.models.registry import get_version
+    from ratingloop.store import tables as t
+
+    snapshot = get_version(engine, version_id).dataset_snapshot_id
+    s = t.DatasetSnapshot.__table__.c
+    with engine.connect() as conn:
+        return conn.execute(select(s.signals_run_id).where(s.id == snapshot)).scalar() if snapshot else None
 
 
 def serving(engine: Engine, users: frozenset[str]) -> str:
@@ -320,7 +334,8 @@ def _train_step(engine: Engine, round_id: str, spec: RoundSpec, progress: bool =
             build_cfg=spec.section(BuildConfig, "build", LOOP_BUILD_DEFAULTS),
             signals_cfg=spec.section(SignalsConfig, "signals"),
             parent_version_id=active.id if active else None, round_id=tag, progress=progress,
-            raters=cohort[1] if cohort is not None else None)
+            raters=cohort[1] if cohort is not None else None,
+            scope=f"cohort {cohort[0]} of round {round_id}" if cohort is not None else None)
     except Exception as e:  # noqa: BLE001 - any training failure fails the round, recorded with its reason
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
     return _trained(result, resumed=False)

@@ -86,14 +86,15 @@ class Side:
 
 def evaluate(engine: Engine, candidate: str, against: str = "active", *, cfg: EvalConfig = DEFAULTS,
              progress: bool = True, users: frozenset[str] | None = None,
-             cohorts: dict[str, frozenset[str]] | None = None) -> EvalReport:
+             cohorts: dict[str, frozenset[str]] | None = None, signals_run_id: str | None = None) -> EvalReport:
     """Compare `candidate` with `against` ("active", "base" or a version id) and record the verdict.
 
     `users`: judge on what these users asked and rated only (a cohort version on its cohort). The candidate
     must then be trained on top of `against` (its parent): what both learnt from the parent's training set is
     shared, so only the candidate's own training prompts are held out.
     `cohorts`: name -> users of each cohort `against` serves; a cohort whose win rate is below 0.5 beyond its
-    interval fails the candidate (MaxMin: no group made worse off)."""
+    interval fails the candidate (MaxMin: no group made worse off).
+    `signals_run_id`: the human judge reads this run's rewards (a cohort's own) instead of the newest run's."""
     start = time.monotonic()
     cand, other = _sides(engine, candidate, against)
     warnings: list[str] = []
@@ -113,7 +114,7 @@ def evaluate(engine: Engine, candidate: str, against: str = "active", *, cfg: Ev
     if rm is not None and rm.version_id is not None:
         rm_keys, notes = training_keys(engine, rm.version_id)
         warnings += notes
-    prompts = held_out_prompts(engine, exclude, _rewards(engine, cfg, warnings), users)
+    prompts = held_out_prompts(engine, exclude, _rewards(engine, cfg, warnings, signals_run_id), users)
     if not prompts:
         raise EvalError(f"no held-out prompts: every prompt in the store is in a training set of {cand.version_id} "
                         f"or {other.version_id or 'the base'}; serve or import new prompts, then evaluate again")
@@ -212,14 +213,16 @@ def _version(engine: Engine, version_id: str, flag: str) -> Any:
     return version
 
 
-def _rewards(engine: Engine, cfg: EvalConfig, warnings: list[str]) -> dict[str, tuple[float, dict[str, float]]]:
-    """Interaction id -> (reward, aspects) from the newest signals run; empty (with a warning) when none."""
+def _rewards(engine: Engine, cfg: EvalConfig, warnings: list[str], run_id: str | None = None
+             ) -> dict[str, tuple[float, dict[str, float]]]:
+    """Interaction id -> (reward, aspects) from signals run `run_id` (default the newest); empty (with a warning)
+    when none."""
     if "human" not in cfg.judges:
         return {}
     from ratingloop.signals import load_signals
 
     try:
-        stored = load_signals(engine)
+        stored = load_signals(engine, run_id)
     except RatingloopError as e:
         warnings.append(f"no human judge: {e}")
         return {}

@@ -125,7 +125,8 @@ def newer_signals_run(engine: Engine, run: StoredPersonal) -> str | None:
     """The newest signals run's id when it is not the one `run` was fitted from (its weights are then stale)."""
     s = t.signals_runs.c
     with engine.connect() as conn:
-        newest = conn.execute(select(s.id).order_by(s.created_at.desc(), s.id.desc()).limit(1)).scalar()
+        newest = conn.execute(select(s.id).where(s.scope.is_(None)).order_by(s.created_at.desc(), s.id.desc())
+                              .limit(1)).scalar()
     return newest if newest is not None and newest != run.signals_run_id else None
 
 

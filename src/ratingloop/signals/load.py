@@ -43,24 +43,24 @@ class LoadedRatings:
         return len(self.raw.kind) + self.n_comparisons_read
 
 
-def load_ratings(engine: Engine, topic_tag: str = "topic") -> LoadedRatings:
-    """Every stored rating, oldest first, and the comparisons that count. A rating without a rater id counts
-    as its own rater."""
+def load_ratings(engine: Engine, topic_tag: str = "topic", raters: frozenset[str] | None = None) -> LoadedRatings:
+    """Every stored rating, oldest first, and the comparisons that count (only `raters`' when given: a cohort's).
+    A rating without a rater id counts as its own rater."""
     r = t.ratings.c
     query = select(r.id, r.interaction_id, r.rater_id, r.kind, r.aspect, r.value, r.scale_min, r.scale_max,
                    r.signal, r.text, r.created_at).where(r.kind.notin_(COMPARATIVE_KINDS))
     query = query.order_by(r.created_at, r.id)
-    every = load_comparisons(engine, latest=False)
+    every = [c for c in load_comparisons(engine, latest=False) if raters is None or c.rater_id in raters]
     compared = _latest(every)
     with engine.connect() as conn:
-        rows = conn.execute(query).all()
+        rows = [row for row in conn.execute(query) if raters is None or row.rater_id in raters]
         named = {x for c in compared for tier in c.tiers for x in tier}
         item_ids = sorted({row.interaction_id for row in rows} | named)
         tags = _tags(conn, item_ids) if item_ids else {}
     item_index = {iid: k for k, iid in enumerate(item_ids)}
-    raters = [row.rater_id if row.rater_id is not None else f"?{row.id}" for row in rows]
+    rated_by = [row.rater_id if row.rater_id is not None else f"?{row.id}" for row in rows]
     cmp_raters = [c.rater_id if c.rater_id is not None else f"?{c.rating_id}" for c in compared]
-    rater_ids = sorted(set(raters) | set(cmp_raters))
+    rater_ids = sorted(set(rated_by) | set(cmp_raters))
     rater_index = {rid: k for k, rid in enumerate(rater_ids)}
     aspect_names = ("overall", *sorted(({row.aspect for row in rows} | {c.aspect for c in compared}) - {"overall"}))
     aspect_index = {a: k for k, a in enumerate(aspect_names)}
@@ -69,7 +69,7 @@ def load_ratings(engine: Engine, topic_tag: str = "topic") -> LoadedRatings:
         return np.asarray([np.nan if v is None else v for v in values], float)
 
     raw = RawRatings(
-        rater=np.asarray([rater_index[x] for x in raters], np.int64),
+        rater=np.asarray([rater_index[x] for x in rated_by], np.int64),
         item=np.asarray([item_index[row.interaction_id] for row in rows], np.int64),
         kind=np.asarray([KIND_CODE[row.kind] for row in rows], np.int64),
         aspect=np.asarray([aspect_index[row.aspect] for row in rows], np.int64),

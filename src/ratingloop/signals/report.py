@@ -95,12 +95,13 @@ class SignalsResult:
 
 
 def compute_signals(engine: Engine, cfg: SignalsConfig = SignalsConfig(), prior: ContentPrior | None = None,
-                    embed: Embedder | None = None) -> SignalsResult:
-    """Rewards and rater estimates from everything in the store. Raises RatingloopError if too few.
+                    embed: Embedder | None = None, raters: frozenset[str] | None = None) -> SignalsResult:
+    """Rewards and rater estimates from everything in the store (`raters`' ratings only, when given). Raises
+    RatingloopError if too few.
 
     Without an explicit `prior`, `cfg.content` decides whether a cross-fitted content prior is fitted
     (embedding every stored interaction with `embed`, default the packaged sentence encoder)."""
-    loaded = load_ratings(engine, cfg.topic_tag)
+    loaded = load_ratings(engine, cfg.topic_tag, raters)
     if loaded.n_read == 0:
         raise RatingloopError("the store has no ratings: import some with `ratingloop import FILE` "
                               "or send them to POST /v1/feedback, then run `ratingloop signals` again")

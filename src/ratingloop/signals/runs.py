@@ -55,6 +55,7 @@ class StoredSignals:
     unrated: list[InteractionSignal]  # stored, unrated: the content prior's reward (n_ratings 0)
     raters: list[RaterSignal]
     counted: dict[str, list[str]]  # interaction id -> ids of the ratings that count
+    scope: str | None = None  # None: everyone's ratings; else whose (a cohort's)
 
     @property
     def flagged(self) -> set[str]:
@@ -67,16 +68,22 @@ class StoredSignals:
 
 
 def record_signals(engine: Engine, cfg: SignalsConfig = SignalsConfig(),  # noqa: B008 - frozen, never mutated
-                   *, prior: ContentPrior | None = None, embed: Embedder | None = None) -> StoredSignals:
+                   *, prior: ContentPrior | None = None, embed: Embedder | None = None,
+                   raters: frozenset[str] | None = None, scope: str | None = None) -> StoredSignals:
     """Fit the rater model on everything in the store (once) and record the run with its rows.
+    With `raters`, on their ratings only, recorded under `scope` (say "cohort 1 of personal run R"): a cohort's
+    own rewards, where a minority the whole population's fit would flag for disagreeing is not. A scoped run is
+    read by its id only; `load_signals(engine)` keeps meaning everyone's newest run.
     Raises RatingloopError when there is too little to fit, or when a user was deleted meanwhile."""
+    if (raters is None) != (scope is None):
+        raise ValueError("record_signals: give raters and scope together")
     started = datetime.now(timezone.utc)
-    result = compute_signals(engine, cfg, prior, embed)
+    result = compute_signals(engine, cfg, prior, embed, raters)
     # as load_signals will read it back: config as JSON, counted ratings by interaction and rating id
     config = json.loads(json.dumps(asdict(cfg) | {"prior": type(prior).__name__ if prior is not None else None}))
     counted = {iid: sorted(ids) for iid, ids in sorted(result.counted.items())}
     stored = StoredSignals(new_id(), datetime.now(timezone.utc), config, _summary(result), result.last_rating_at,
-                           result.interactions, result.unrated, result.raters, counted)
+                           result.interactions, result.unrated, result.raters, counted, scope)
     try:
         with write_transaction(engine) as conn:
             _refuse_if_deleted_since(conn, started)
@@ -91,7 +98,7 @@ def record_signals(engine: Engine, cfg: SignalsConfig = SignalsConfig(),  # noqa
 
 
 def load_signals(engine: Engine, run_id: str | None = None) -> StoredSignals:
-    """The signals run `run_id`, or the newest one. Never fits anything."""
+    """The signals run `run_id`, or the newest one of everyone's ratings (not a cohort's). Never fits anything."""
     with engine.connect() as conn:
         run = run_row(conn, run_id)
         if run is None:
@@ -106,7 +113,8 @@ def run_row(conn: Connection, run_id: str | None = None) -> Any:
     `run_id` raises RatingloopError."""
     r = t.signals_runs.c
     query = select(t.signals_runs)
-    query = query.where(r.id == run_id) if run_id is not None else query.order_by(r.created_at.desc(), r.id.desc())
+    query = query.where(r.id == run_id) if run_id is not None else (
+        query.where(r.scope.is_(None)).order_by(r.created_at.desc(), r.id.desc()))
     run = conn.execute(query.limit(1)).first()
     if run is None and run_id is not None:
         raise RatingloopError(f"signals run {run_id!r} is not in this store; `ratingloop raters` shows the "
@@ -162,7 +170,7 @@ def _refuse_if_deleted_since(conn: Connection, started: datetime) -> None:
 def _write(conn: Connection, s: StoredSignals) -> None:
     conn.execute(insert(t.signals_runs).values(id=s.run_id, created_at=s.created_at, config=s.config,
                                                summary=s.summary, last_rating_at=s.last_rating_at,
-                                               n_ratings=s.summary["n_ratings"]))
+                                               n_ratings=s.summary["n_ratings"], scope=s.scope))
     _insert(conn, t.signals_interactions, [
         {"run_id": s.run_id, "interaction_id": x.interaction_id, "reward": x.reward, "confidence": x.confidence,
          "n_ratings": x.n_ratings, "aspects": x.aspects} for x in (*s.interactions, *s.unrated)])
@@ -195,7 +203,7 @@ def _read(conn: Connection, run: Any) -> StoredSignals:
         is_rated = x.n_ratings > 0 or x.interaction_id in counted or x.interaction_id in rated_by_flagged
         (rated if is_rated else unrated).append(signal)
     return StoredSignals(run.id, run.created_at, dict(run.config), dict(run.summary), run.last_rating_at, rated,
-                         unrated, raters, counted)
+                         unrated, raters, counted, run.scope)
 
 
 def _rated_by(conn: Connection, rater_ids: list[str], until: datetime | None) -> set[str]:

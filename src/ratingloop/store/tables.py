@@ -254,6 +254,8 @@ class SignalsRun(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(Json)  # counts, the fit's mu_a/mu_b, the content prior
     last_rating_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # newest rating it saw (the loop's trigger)
     n_ratings: Mapped[int] = mapped_column(Integer)  # ratings it read
+    # None: everyone's ratings. Else whose (a cohort's, for its adapter): "the newest run" never means a scoped one
+    scope: Mapped[str | None] = mapped_column(String(200))
 
 
 class SignalsRating(Base):

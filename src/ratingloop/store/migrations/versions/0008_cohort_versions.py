@@ -1,6 +1,7 @@
 """Cohort versions: a model version trained for one cohort of a personal run (ratingloop.personal) serves that
 cohort's users while its status is `cohort`; at most one per cohort. Global versions leave both columns empty,
-and the one-active index is unchanged.
+and the one-active index is unchanged. A signals run fitted on one cohort's ratings only records that `scope`
+(None: everyone's, the runs every stage reads as "the newest").
 
 Revision ID: 0008
 Revises: 0007
@@ -21,6 +22,8 @@ ONE_PER_COHORT = "status = 'cohort'"
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('signals_runs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('scope', sa.String(length=200), nullable=True))
     with op.batch_alter_table('model_versions', schema=None) as batch_op:
         batch_op.add_column(sa.Column('personal_run_id', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('cohort', sa.Integer(), nullable=True))
@@ -37,3 +40,5 @@ def downgrade() -> None:
         batch_op.drop_constraint(batch_op.f('fk_model_versions_personal_run_id'), type_='foreignkey')
         batch_op.drop_column('cohort')
         batch_op.drop_column('personal_run_id')
+    with op.batch_alter_table('signals_runs', schema=None) as batch_op:
+        batch_op.drop_column('scope')
