@@ -85,6 +85,7 @@ def test_a_round_trains_judges_and_serves_an_adapter_per_cohort(sqlite_url: str,
     members = cohort_members(engine, personal.run_id)
     active = next((v for v in list_versions(engine, "active")), None)
     assert len(outcome["cohorts"]) == 2
+    trained_by: dict[int, set[str]] = {}
     for done in outcome["cohorts"]:
         c, vid = done["cohort"], done["version_id"]
         version = get_version(engine, vid)
@@ -101,6 +102,7 @@ def test_a_round_trains_judges_and_serves_an_adapter_per_cohort(sqlite_url: str,
         own = load_signals(engine, manifest["signals_run_id"])  # the cohort's own rater model, fitted on its ratings
         assert own.scope == f"cohort {c} of round {round_.id}" and {r.rater_id for r in own.raters} <= members[c][0]
         assert _raters(engine, manifest["rating_ids"]) <= members[c][0]  # only the cohort's ratings trained it
+        trained_by[c] = _raters(engine, manifest["rating_ids"])
         evaluation = latest_evaluation(engine, vid)
         assert evaluation is not None and evaluation["against_id"] == (active.id if active else None)
         asked = {p for p, users in _askers(engine).items() if users & members[c][0]}
@@ -108,6 +110,18 @@ def test_a_round_trains_judges_and_serves_an_adapter_per_cohort(sqlite_url: str,
         assert {_key(x["messages"]) for x in evaluation["report"]["examples"]} <= asked  # judged on its own prompts
 
     assert load_signals(engine).scope is None  # "the newest signals run" stays everyone's
+
+    # what a user of cohort 1 sees of it (GET /v1/users/{id}/feedback): the version their ratings trained, and which
+    # version answers them now
+    from ratingloop.serve.page import feedback_summary
+
+    user = sorted(trained_by[1])[0]
+    mine = feedback_summary(engine, user)
+    cohort_v = next(v for v in mine["versions"] if v["cohort"] == 1)
+    assert cohort_v["id"] == outcome["cohorts"][1]["version_id"]
+    assert cohort_v["serving"] == (outcome["cohorts"][1]["outcome"] == "promoted") == (cohort_v["went_live_at"]
+                                                                                       is not None)
+    assert mine["served_by"] == (cohort_v["id"] if cohort_v["serving"] else (active.id if active else "base"))
 
     # the step is safe to repeat (a resumed round): the cohort's run is found, no second version
     again = _cohort_step(engine, round_.id, spec, personal.run_id, 1, False)

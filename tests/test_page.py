@@ -116,7 +116,7 @@ def test_user_feedback_needs_the_admin_key_or_that_users_cookie(sqlite_settings:
         me = client.get("/").cookies[COOKIE].rpartition(".")[0]
 
         assert client.get(f"/v1/users/{me}/feedback").json() == {
-            "user_id": me, "ratings": 0, "interactions_rated": 0, "versions": []}
+            "user_id": me, "ratings": 0, "interactions_rated": 0, "served_by": "base", "versions": []}
         assert client.get("/v1/users/u1/feedback").status_code == 403  # a page user asks for another user
         assert client.get("/v1/users/u1/feedback", headers=ADMIN).status_code == 200
         client.cookies.clear()
@@ -219,7 +219,8 @@ def test_user_feedback_counts_ratings_and_the_versions_trained_on_them(settings:
         assert [v["method"] for v in u1["versions"]] == ["kto", "kto"]
         assert [v[0] for v in versions("u2")] == [v1, v2, v4]
         assert summary("ann")["ratings"] == 1 and versions("ann") == []
-        assert summary("nobody") == {"user_id": "nobody", "ratings": 0, "interactions_rated": 0, "versions": []}
+        assert summary("nobody") == {"user_id": "nobody", "ratings": 0, "interactions_rated": 0, "served_by": "base",
+                                     "versions": []}
 
         promote(engine, v1, actor="test")
         live = [e.created_at for e in list_events(engine) if e.action == "promote"][0].isoformat()

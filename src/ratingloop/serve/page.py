@@ -46,9 +46,10 @@ from starlette.responses import FileResponse, Response
 
 from ratingloop.config import Settings
 from ratingloop.errors import FieldError, Forbidden, InvalidInput, Unauthorized
-from ratingloop.models.registry import EventRow, dataset_snapshots, list_events, model_versions, training_runs
+from ratingloop.models.registry import COHORT, EventRow, dataset_snapshots, list_events, model_versions, training_runs
 from ratingloop.serve.errors import json_response
 from ratingloop.serve.limits import Buckets, Rate
+from ratingloop.serve.routing import ACTIVE, load_routes
 from ratingloop.store import tables as t
 from ratingloop.store.records import text_problem
 
@@ -154,8 +155,9 @@ def page_router(settings: Settings, engine: Engine, sessions: PageSessions,
 
 
 def feedback_summary(engine: Engine, user_id: str) -> dict[str, Any]:
-    """How many ratings `user_id` gave (as rater), on how many interactions, and the versions whose training
-    set used any of them: a snapshot's manifest lists the ratings behind its rows (`rating_ids`)."""
+    """How many ratings `user_id` gave (as rater), on how many interactions, the versions whose training set used
+    any of them (a snapshot's manifest lists the ratings behind its rows, `rating_ids`) - a cohort version among
+    them says its cohort - and which version answers them now (`served_by`: their cohort's, or the active one)."""
     r, v, s, sr, runs = t.ratings.c, model_versions.c, dataset_snapshots.c, t.signals_ratings.c, training_runs.c
     mine = select(r.id).where(r.rater_id == user_id)
     with engine.connect() as conn:
@@ -169,18 +171,20 @@ def feedback_summary(engine: Engine, user_id: str) -> dict[str, Any]:
                                            or_(s.signals_run_id.is_(None), s.signals_run_id.in_(counted_in)))).all()
         rating_ids = set(conn.execute(mine).scalars()) if snapshots else set()
         trained = [row.id for row in snapshots if rating_ids.intersection((row.manifest or {}).get("rating_ids", ()))]
-        versions = conn.execute(select(v.id, v.status, v.traffic_share, runs.method)
+        versions = conn.execute(select(v.id, v.status, v.traffic_share, v.cohort, runs.method)
                                 .join(training_runs, runs.id == v.training_run_id, isouter=True)
                                 .where(v.dataset_snapshot_id.in_(trained)).order_by(v.id)).all() if trained else []
     events = list_events(engine) if versions else []
-    return {"user_id": user_id, "ratings": n, "interactions_rated": interactions, "versions": [
-        {"id": x.id, "status": x.status, "method": x.method, "serving": x.status == "active" or x.traffic_share > 0,
-         "went_live_at": _went_live(x.id, x.status, x.traffic_share, events)} for x in versions]}
+    return {"user_id": user_id, "ratings": n, "interactions_rated": interactions,
+            "served_by": load_routes(engine).pick(ACTIVE, user_id).version, "versions": [
+                {"id": x.id, "status": x.status, "method": x.method, "cohort": x.cohort,
+                 "serving": x.status in ("active", COHORT) or x.traffic_share > 0,
+                 "went_live_at": _went_live(x.id, x.status, x.traffic_share, events)} for x in versions]}
 
 
 def _went_live(version_id: str, status: str, share: float, events: list[EventRow]) -> str | None:
     """When the version last began to serve: its newest promotion or rollback to it (a traffic split for a
     version that serves only a share of users); None when it never served."""
-    actions = ("traffic",) if status != "active" and share > 0 else ("promote", "rollback")
+    actions = ("traffic",) if status != "active" and share > 0 else ("promote", "rollback", "cohort")
     times: list[datetime] = [e.created_at for e in events if e.version_id == version_id and e.action in actions]
     return max(times).isoformat() if times else None
