@@ -142,12 +142,20 @@ def test_one_homogeneous_group_trains_nothing_more(sqlite_url: str, tiny_base: P
 
 
 def test_a_small_cohort_is_skipped_with_the_reason(sqlite_url: str, tiny_base: Path, tmp_path: Path) -> None:
+    """`ratingloop loop --once` as a user runs it: each cohort's outcome under the round's."""
+    from typer.testing import CliRunner
+
+    from ratingloop.cli import app
+
     engine = open_engine(sqlite_url)
     grouped_store(engine, GroupsConfig(n_users=30, seed=0))
-    [outcome] = run_loop(engine, _spec(tiny_base, tmp_path, "personal.min_cohort_ratings=100000"), user_key=KEY,
-                         once=True)
-    assert [c["outcome"] for c in outcome["cohorts"]] == ["skipped", "skipped"]
-    assert "under personal.min_cohort_ratings=100000" in outcome["cohorts"][1]["reasons"][0]
+    sets = [x for o in (*TINY, "personal.min_cohort_ratings=100000") for x in ("--set", o)]
+    done = CliRunner().invoke(app, ["loop", "--once", "--method", "kto", "--base", str(tiny_base), "--out",
+                                    str(tmp_path / "runs"), "--db", sqlite_url, *sets])
+    assert done.exit_code == 0, done.output
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("round ") and [x.split(":")[0] for x in lines[1:3]] == ["  cohort 0", "  cohort 1"]
+    assert "skipped" in lines[2] and "under personal.min_cohort_ratings=100000" in lines[2]
     assert all(v.cohort is None for v in list_versions(engine))
 
 

@@ -1010,8 +1010,8 @@ def loop(
                                                  "many new ratings arrived")] = 100,
     method: Annotated[str, typer.Option("--method", help="the training method of every round")] = "kto",
     base: Annotated[Optional[str], typer.Option("--base", help="default, a model folder or a cached hub id")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML with train, build, signals and "
-                                                   "eval tables")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML with train, build, signals, eval and "
+                                                   "personal tables")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="SECTION.KEY=VALUE, e.g. train.max_steps=20 "
                                                       "(repeatable)")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="each round trains into OUT/<round id>/")] = Path("runs/loop"),
@@ -1040,6 +1040,10 @@ def loop(
         out.print(f"round {o['round_id']}: {o['outcome']}" + (f" {o['version_id']}" if o.get("version_id") else "")
                   + (f" ({'; '.join(o['reasons'])})" if o.get("reasons") else "")
                   + (f": {o['error']}" if o.get("error") else ""), highlight=False)
+        for c in o.get("cohorts") or []:
+            win = f", win rate {c['win_rate']:.3f} for its users" if c.get("win_rate") is not None else ""
+            out.print(f"  cohort {c['cohort']}: {c['outcome']}" + (f" {c['version_id']}" if c.get("version_id") else "")
+                      + win + (f" ({'; '.join(c['reasons'])})" if c.get("reasons") else ""), highlight=False)
 
 
 def _duration(text: str) -> float:
