@@ -18,7 +18,7 @@ from ratingloop.evaluate import EvalConfig
 from ratingloop.evaluate.guards import failed
 from ratingloop.evaluate.heldout import HeldOutPrompt
 from ratingloop.evaluate.run import _cohort_guards
-from ratingloop.loop import RoundSpec, _cohort_step, run_loop
+from ratingloop.loop import LONGER_FOR_A_LENGTH_COHORT, RoundSpec, _cohort_step, cohort_eval_config, run_loop
 from ratingloop.models.registry import COHORT, get_run, get_version, latest_evaluation, list_runs, list_versions
 from ratingloop.personal import PersonalConfig, cohort_members, load_personal, record_personal
 from ratingloop.rounds import list_rounds
@@ -69,6 +69,16 @@ def test_maxmin_guard_fails_a_candidate_that_leaves_a_cohort_worse_off() -> None
     assert reason.startswith("guard cohort:1: the 3 users of this cohort would be worse off - win rate 0.150")
     even = _cohort_guards(prompts, [1.0] * 20 + [0.0, 1.0] * 5, cohorts, cfg)
     assert even["cohort:1"]["ok"]  # unproven either way is not worse off
+
+
+def test_a_cohort_that_rewards_length_may_get_longer_answers() -> None:
+    base = EvalConfig()
+    thorough = cohort_eval_config(base, {"accuracy": 0.4, "length": 0.6})
+    assert thorough.max_length_ratio == LONGER_FOR_A_LENGTH_COHORT > base.max_length_ratio
+    assert thorough.min_length_ratio == base.min_length_ratio and thorough.max_kl == base.max_kl
+    assert cohort_eval_config(base, {"length": -0.6}) == base == cohort_eval_config(base, {})
+    roomy = EvalConfig(max_length_ratio=20.0)
+    assert cohort_eval_config(roomy, {"length": 0.6}) == roomy  # a wider setting of the user's stays
 
 
 def test_a_round_trains_judges_and_serves_an_adapter_per_cohort(sqlite_url: str, tiny_base: Path,

@@ -252,9 +252,10 @@ def _cohort_step(engine: Engine, round_id: str, spec: RoundSpec, personal_run_id
         return out | {"status": "failed", "outcome": "failed", "error": trained.get("error")}
     set_cohort(engine, version_id, personal_run_id, cohort)
     against = serving(engine, users)
+    cfg = cohort_eval_config(spec.section(EvalConfig, "eval"), _cohort_weights(engine, personal_run_id, cohort))
     try:
-        report = evaluate(engine, version_id, against, cfg=spec.section(EvalConfig, "eval"), progress=progress,
-                          users=users, signals_run_id=_snapshot_signals(engine, version_id))
+        report = evaluate(engine, version_id, against, cfg=cfg, progress=progress, users=users,
+                          signals_run_id=_snapshot_signals(engine, version_id))
         verdict, reasons, evaluation_id = report.verdict, report.reasons, report.evaluation_id
         out |= {"against": report.against, "win_rate": report.win_rate, "ci_low": report.ci_low,
                 "ci_high": report.ci_high, "n_prompts": report.n_prompts}
@@ -271,6 +272,30 @@ def _cohort_step(engine: Engine, round_id: str, spec: RoundSpec, personal_run_id
         reject(engine, version_id, actor="loop", reasons=reasons or ["the gate said reject"],
                evaluation_id=evaluation_id)
     return out | {"version_id": version_id, "outcome": "rejected", "reasons": reasons}
+
+
+# A cohort whose ratings reward longer answers asked for them: the verbosity guard (eval.max_length_ratio, 3x the
+# answers of what serves) rejected the thorough cohort's adapter of bench/personal.py seed 1 at 5.5x (72.6 vs 13.2
+# words, after a global version that had learnt the majority's two-line answers) with a win rate of 0.77 for them.
+LONGER_FOR_A_LENGTH_COHORT = 10.0
+
+
+def cohort_eval_config(cfg: Any, weights: dict[str, float]) -> Any:
+    """The gate's settings for a cohort's adapter: `cfg`, with the length guard's ceiling raised to
+    LONGER_FOR_A_LENGTH_COHORT when the cohort's mean weight on the answer's length is positive (their own
+    ratings reward longer answers). Everything else, the floor included, is as for any candidate."""
+    from dataclasses import replace
+
+    if weights.get("length", 0.0) > 0 and cfg.max_length_ratio < LONGER_FOR_A_LENGTH_COHORT:
+        return replace(cfg, max_length_ratio=LONGER_FOR_A_LENGTH_COHORT)
+    return cfg
+
+
+def _cohort_weights(engine: Engine, personal_run_id: str, cohort: int) -> dict[str, float]:
+    from ratingloop.personal import load_personal
+
+    run = load_personal(engine, personal_run_id)
+    return next((dict(c.weights) for c in run.cohorts if c.cohort == cohort), {}) if run else {}
 
 
 def _snapshot_signals(engine: Engine, version_id: str) -> str | None:
