@@ -21,10 +21,10 @@ from ratingloop.config import Settings
 from ratingloop.errors import RatingloopError
 from ratingloop.models.registry import (
     COHORT,
-    cohort_versions,
     finish_run,
     get_version,
     list_events,
+    list_versions,
     model_versions,
     promote,
     promote_cohort,
@@ -96,7 +96,7 @@ def test_one_serving_version_per_cohort_beside_the_active_one(db_url: str, base:
     assert [get_version(engine, v).status for v in (glob, c0, c1)] == ["active", COHORT, COHORT]
     assert promote_cohort(engine, c0_again, actor="test", reason="better for cohort 0") == [c0]
     assert [get_version(engine, v).status for v in (glob, c0, c0_again)] == ["active", "retired", COHORT]
-    assert {v.id for v in cohort_versions(engine)} == {c0_again, c1}
+    assert {v.id for v in list_versions(engine, COHORT)} == {c0_again, c1}
     assert [e.action for e in list_events(engine)][-3:] == ["cohort", "cohort", "cohort"]
 
     with pytest.raises(RatingloopError, match="cannot become the global active version"):

@@ -105,9 +105,9 @@ def evaluate(engine: Engine, candidate: str, against: str = "active", *, cfg: Ev
     if users is not None and not shared:
         warnings.append(f"{candidate} was not trained on top of {other.version_id or 'the base'}: both lineages' "
                         "training prompts are held out")
-    for side in (cand, other):
+    for side in (cand,) if shared else (cand, other):  # shared: what `against` trained on, both sides learnt
         keys, notes = training_keys(engine, side.version_id, lineage=not shared)
-        exclude |= keys if side is cand or not shared else set()
+        exclude |= keys
         warnings += notes
     rm = newest_reward_model(engine, cfg.reward_model) if "reward_model" in cfg.judges else None
     rm_keys: set[str] = set()

@@ -85,7 +85,7 @@ class VersionRow:
     training_run_id: str | None
     dataset_snapshot_id: str | None
     metrics: dict[str, Any]
-    status: str  # candidate | active | rejected | retired
+    status: str  # candidate | active | cohort | rejected | retired
     traffic_share: float
     tainted_at: datetime | None = None  # trained (it or an ancestor) on a snapshot purged since
     personal_run_id: str | None = None  # a cohort version: the personal run whose cohort it was trained for
@@ -272,8 +272,10 @@ def promote(engine: Engine, version_id: str, *, actor: str, reason: str | None =
     """Make `version_id` the one active version: the old active one becomes `retired`, in one transaction
     with the event. Promoting the version that is already active changes nothing (a retried gate).
     A cohort version is refused: `promote_cohort` serves it to its cohort."""
-    if check_servable(engine, version_id).cohort is not None:
-        return _refuse_cohort(engine, version_id)
+    version = check_servable(engine, version_id)
+    if version.cohort is not None:
+        raise RatingloopError(f"version {version_id} was trained for {version.scope}; it serves that cohort's users "
+                              "and cannot become the global active version")
     with _registry_transaction(engine) as conn:
         _check_evaluation(conn, evaluation_id)
         previous = _active_id(conn)
@@ -283,11 +285,6 @@ def promote(engine: Engine, version_id: str, *, actor: str, reason: str | None =
         _switch(conn, previous, version_id)
         _event(conn, "promote", version_id, previous, actor, reason, evaluation_id)
     log.info("promoted %s (was %s) by %s", version_id, previous or "the base", actor)
-
-
-def _refuse_cohort(engine: Engine, version_id: str) -> None:
-    raise RatingloopError(f"version {version_id} was trained for {get_version(engine, version_id).scope}; it serves "
-                          "that cohort's users and cannot become the global active version")
 
 
 def reject(engine: Engine, version_id: str, *, actor: str, reasons: list[str],
@@ -386,22 +383,14 @@ def set_cohort(engine: Engine, version_id: str, personal_run_id: str, cohort: in
         raise RatingloopError(f"version {version_id} is {version.status} ({version.scope}); only a global candidate "
                               "can be trained for a cohort")
     with _registry_transaction(engine) as conn:
-        run = conn.execute(select(t.PersonalCohort.__table__.c.cohort).where(
+        found = conn.execute(select(t.PersonalCohort.__table__.c.cohort).where(
             t.PersonalCohort.__table__.c.run_id == personal_run_id,
             t.PersonalCohort.__table__.c.cohort == cohort)).first()
-        if run is None:
+        if found is None:
             raise RatingloopError(f"personal run {personal_run_id!r} has no cohort {cohort}; `ratingloop cohorts` "
                                   "lists the cohorts of the newest run")
         conn.execute(update(model_versions).where(model_versions.c.id == version_id).values(
             personal_run_id=personal_run_id, cohort=cohort))
-
-
-def cohort_versions(engine: Engine) -> list[VersionRow]:
-    """The cohort versions serving now, newest personal run first (a user its newest run places is routed by it)."""
-    query = (select(model_versions).where(model_versions.c.status == COHORT)
-             .order_by(model_versions.c.personal_run_id.desc(), model_versions.c.cohort))
-    with engine.connect() as conn:
-        return [VersionRow(**r) for r in conn.execute(query).mappings()]
 
 
 def promote_cohort(engine: Engine, version_id: str, *, actor: str, reason: str | None = None,
