@@ -132,6 +132,7 @@ def test_a_round_trains_judges_and_serves_an_adapter_per_cohort(sqlite_url: str,
     assert cohort_v["serving"] == (outcome["cohorts"][1]["outcome"] == "promoted") == (cohort_v["went_live_at"]
                                                                                        is not None)
     assert mine["served_by"] == (cohort_v["id"] if cohort_v["serving"] else (active.id if active else "base"))
+    assert mine["served_by_cohort"] == (1 if cohort_v["serving"] else None)
 
     # the step is safe to repeat (a resumed round): the cohort's run is found, no second version
     again = _cohort_step(engine, round_.id, spec, personal.run_id, 1, False)

@@ -116,7 +116,8 @@ def test_user_feedback_needs_the_admin_key_or_that_users_cookie(sqlite_settings:
         me = client.get("/").cookies[COOKIE].rpartition(".")[0]
 
         assert client.get(f"/v1/users/{me}/feedback").json() == {
-            "user_id": me, "ratings": 0, "interactions_rated": 0, "served_by": "base", "versions": []}
+            "user_id": me, "ratings": 0, "interactions_rated": 0, "served_by": "base",
+            "served_by_cohort": None, "versions": []}
         assert client.get("/v1/users/u1/feedback").status_code == 403  # a page user asks for another user
         assert client.get("/v1/users/u1/feedback", headers=ADMIN).status_code == 200
         client.cookies.clear()
@@ -220,7 +221,7 @@ def test_user_feedback_counts_ratings_and_the_versions_trained_on_them(settings:
         assert [v[0] for v in versions("u2")] == [v1, v2, v4]
         assert summary("ann")["ratings"] == 1 and versions("ann") == []
         assert summary("nobody") == {"user_id": "nobody", "ratings": 0, "interactions_rated": 0, "served_by": "base",
-                                     "versions": []}
+                                     "served_by_cohort": None, "versions": []}
 
         promote(engine, v1, actor="test")
         live = [e.created_at for e in list_events(engine) if e.action == "promote"][0].isoformat()
@@ -322,15 +323,19 @@ def chat_and_rate(page: Any) -> tuple[str, str, str]:
         expect(confirmations.nth(i)).to_have_attribute("data-status", "ok", timeout=WAIT_MS)
     expect(page.get_by_test_id("feedback-count")).to_have_text("4", timeout=WAIT_MS)
     expect(page.get_by_test_id("feedback-versions")).to_have_text("No version has been trained on them yet.")
+    expect(page.get_by_test_id("served-by")).to_have_text("Your answers come from the base model.")
 
     # once a version trained on them serves, the panel says so (the summary itself is tested above)
-    summary = {"user_id": user, "ratings": 5, "interactions_rated": 1, "versions": [
+    summary = {"user_id": user, "ratings": 5, "interactions_rated": 1, "served_by": "01V2", "served_by_cohort": 1,
+               "versions": [
         {"id": "01V1", "status": "active", "method": "kto", "serving": True,
          "went_live_at": "2030-01-02T03:04:05+00:00"}]}
     page.route("**/v1/users/*/feedback", lambda route: route.fulfill(json=summary))
     rating.get_by_test_id("thumb-up").click()
     expect(page.get_by_test_id("feedback-versions")).to_contain_text("Version 01V1, trained on them, is serving since",
                                                                      timeout=WAIT_MS)
+    expect(page.get_by_test_id("served-by")).to_have_text(
+        "Your answers come from version 01V2, made for users who rate like you (cohort 1).")
     expect(confirmations).to_have_count(5, timeout=WAIT_MS)
     expect(confirmations.nth(4)).to_have_attribute("data-status", "ok", timeout=WAIT_MS)
     return iid, user, answer

@@ -157,7 +157,8 @@ def page_router(settings: Settings, engine: Engine, sessions: PageSessions,
 def feedback_summary(engine: Engine, user_id: str) -> dict[str, Any]:
     """How many ratings `user_id` gave (as rater), on how many interactions, the versions whose training set used
     any of them (a snapshot's manifest lists the ratings behind its rows, `rating_ids`) - a cohort version among
-    them says its cohort - and which version answers them now (`served_by`: their cohort's, or the active one)."""
+    them says its cohort - and which version answers them now (`served_by`: their cohort's, or the active one;
+    `served_by_cohort`: the cohort it was made for, None for a global version or the base)."""
     r, v, s, sr, runs = t.ratings.c, model_versions.c, dataset_snapshots.c, t.signals_ratings.c, training_runs.c
     mine = select(r.id).where(r.rater_id == user_id)
     with engine.connect() as conn:
@@ -175,8 +176,11 @@ def feedback_summary(engine: Engine, user_id: str) -> dict[str, Any]:
                                 .join(training_runs, runs.id == v.training_run_id, isouter=True)
                                 .where(v.dataset_snapshot_id.in_(trained)).order_by(v.id)).all() if trained else []
     events = list_events(engine) if versions else []
+    served_by = load_routes(engine).pick(ACTIVE, user_id).version
+    with engine.connect() as conn:
+        served_cohort = conn.execute(select(v.cohort).where(v.id == served_by)).scalar()
     return {"user_id": user_id, "ratings": n, "interactions_rated": interactions,
-            "served_by": load_routes(engine).pick(ACTIVE, user_id).version, "versions": [
+            "served_by": served_by, "served_by_cohort": served_cohort, "versions": [
                 {"id": x.id, "status": x.status, "method": x.method, "cohort": x.cohort,
                  "serving": x.status in ("active", COHORT) or x.traffic_share > 0,
                  "went_live_at": _went_live(x.id, x.status, x.traffic_share, events)} for x in versions]}

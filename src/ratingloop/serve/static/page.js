@@ -88,7 +88,7 @@
     count.textContent = String(summary.ratings);
     panel.append("Your feedback: ", count, ` rating${summary.ratings === 1 ? "" : "s"}`);
     if (summary.ratings === 0) {
-      panel.append(". Rate an answer below to help train the next version.");
+      panel.append(". Rate an answer below to help train the next version. ", servedBy(summary));
       return;
     }
     panel.append(` on ${plural(summary.interactions_rated, "answer")}. `);
@@ -105,7 +105,17 @@
     } else {
       note.textContent = "No version has been trained on them yet.";
     }
-    panel.append(note);
+    panel.append(note, " ", servedBy(summary));
+  }
+
+  // which version answers this user now: a cohort's own version says so
+  function servedBy(summary) {
+    const el = document.createElement("span");
+    el.dataset.testid = "served-by";
+    el.textContent = summary.served_by === "base" ? "Your answers come from the base model." :
+      `Your answers come from version ${summary.served_by}` +
+      (summary.served_by_cohort == null ? "." : `, made for users who rate like you (cohort ${summary.served_by_cohort}).`);
+    return el;
   }
 
   // --- chat -------------------------------------------------------------------------------------------------
