@@ -238,3 +238,19 @@ def test_a_comparison_after_a_run_is_news_to_the_build_and_the_loop(sqlite_url: 
     again = record_signals(engine)
     assert ratings_since(engine, again) == 0 and again.summary["n_ratings"] == stored.summary["n_ratings"] + 1
     assert load_signals(engine).run_id == again.run_id
+
+
+def test_a_cohort_build_counts_only_its_raters_late_ratings(sqlite_url: str) -> None:
+    """A run fitted on some raters (a cohort's) read nobody else's ratings: another rater's rating after it is
+    no news to a build from those raters, and is to everyone's."""
+    engine, _ = compared_store(sqlite_url, n_prompts=8)
+    raters = frozenset({"h0", "s0", "s1"})
+    scoped = record_signals(engine, raters=raters, scope="cohort 0 of test")
+    assert ratings_since(engine, scoped, raters) == 0
+    assert ratings_since(engine, scoped) > 0  # everyone else's ratings were never read by it
+    more = _line("0-b", 0, [{"rater_id": "late", "kind": "preference", "other_interaction_id": "0-a", "value": "a"}])
+    assert not import_lines(engine, [more], Limits(), user_key=KEY).bad
+    assert ratings_since(engine, scoped, raters) == 0
+    mine = _line("1-b", 1, [{"rater_id": "h0", "kind": "preference", "other_interaction_id": "1-a", "value": "b"}])
+    assert not import_lines(engine, [mine], Limits(), user_key=KEY).bad
+    assert ratings_since(engine, scoped, raters) == 1

@@ -85,7 +85,7 @@ def build_dataset(engine: Engine, fmt: str, out_dir: Path, cfg: BuildConfig,
         raise RatingloopError(f"build --format {fmt}: 0 {UNIT[fmt]} from {pool.n_interactions} rated interactions: "
                               f"{filters.explain()}. {HINT[fmt]}")
     train, eval_ = split_rows(rows, cfg.eval_fraction, cfg.split_salt, cfg.min_eval_prompts)
-    warnings = _warnings(fmt, train, eval_, cfg) + _stale(engine, signals)
+    warnings = _warnings(fmt, train, eval_, cfg) + _stale(engine, signals, raters)
     for w in warnings:
         log.warning("build %s: %s", fmt, w)
 
@@ -123,10 +123,11 @@ def _warnings(fmt: str, train: list[Row], eval_: list[Row], cfg: BuildConfig) ->
     return out
 
 
-def _stale(engine: Engine, signals: StoredSignals) -> list[str]:
+def _stale(engine: Engine, signals: StoredSignals, raters: frozenset[str] | None) -> list[str]:
     """A warning when ratings arrived after the signals run this build reads: legal (a build is
-    reproducible from a named run), but the newest ratings are not in it."""
-    n = ratings_since(engine, signals)
+    reproducible from a named run), but the newest ratings are not in it. A build from some raters only
+    (a cohort's) counts theirs: nobody else's would be in it anyway."""
+    n = ratings_since(engine, signals, raters)
     if not n:
         return []
     when = signals.last_rating_at.isoformat() if signals.last_rating_at else "none"

@@ -122,16 +122,19 @@ def run_row(conn: Connection, run_id: str | None = None) -> Any:
     return run
 
 
-def ratings_since(engine: Engine, stored: StoredSignals) -> int:
+def ratings_since(engine: Engine, stored: StoredSignals, raters: frozenset[str] | None = None) -> int:
     """How many ratings the store holds that `stored` did not read (arrived after it, or imported with
     an older timestamp since): what a build warns about. Comparisons count like any rating: a run reads
-    them. (The loop's trigger counts against its last round instead: `rounds.new_ratings`.)"""
+    them. `raters`: count only theirs (a run fitted on one cohort's raters read nobody else's). (The loop's
+    trigger counts against its last round instead: `rounds.new_ratings`.)"""
     c = t.ratings.c
+    theirs = [] if raters is None else [c.rater_id.in_(sorted(raters))]
     with engine.connect() as conn:
-        total = conn.execute(select(func.count()).select_from(t.ratings)).scalar_one()
+        total = conn.execute(select(func.count()).where(*theirs).select_from(t.ratings)).scalar_one()
         newer = 0
         if stored.last_rating_at is not None:
-            newer = conn.execute(select(func.count()).where(c.created_at > stored.last_rating_at)).scalar_one()
+            newer = conn.execute(select(func.count()).where(c.created_at > stored.last_rating_at, *theirs)
+                                 ).scalar_one()
     return max(int(newer), int(total) - int(stored.summary.get("n_ratings", 0)))
 
 
