@@ -118,9 +118,12 @@ def save_random_adapter(base: Path, path: Path, seed: int = 1) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from ratingloop.models import quiet_checkpointing_deprecation
+
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False,
-        task_type="CAUSAL_LM"))
+    with quiet_checkpointing_deprecation():
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+            r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False,
+            task_type="CAUSAL_LM"))
     model.save_pretrained(path)
     return path

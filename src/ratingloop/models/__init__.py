@@ -12,12 +12,20 @@ Importing this package is cheap: torch and transformers load inside the function
 """
 
 from ratingloop.models.generate import cli_generate, generate, generation_kwargs, read_prompts, write_answers
-from ratingloop.models.load import ModelLoadError, ResolvedModel, cpu_has_fast_bf16, load_for_generation, resolve_model
+from ratingloop.models.load import (
+    ModelLoadError,
+    ResolvedModel,
+    cpu_has_fast_bf16,
+    load_for_generation,
+    quiet_checkpointing_deprecation,
+    resolve_model,
+)
 from ratingloop.models.pull import ModelPullError, PullResult, default_model_dir, pull_default_model
 from ratingloop.models.versions import ModelChoice, base_ref, choose_model, servable_versions, version_rows
 
 __all__ = [
     "ModelChoice", "ModelLoadError", "ModelPullError", "PullResult", "ResolvedModel", "base_ref", "choose_model",
     "cli_generate", "cpu_has_fast_bf16", "default_model_dir", "generate", "generation_kwargs", "load_for_generation",
-    "pull_default_model", "read_prompts", "resolve_model", "servable_versions", "version_rows", "write_answers",
+    "pull_default_model", "quiet_checkpointing_deprecation", "read_prompts", "resolve_model", "servable_versions",
+    "version_rows", "write_answers",
 ]

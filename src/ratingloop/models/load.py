@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +45,15 @@ def cpu_has_fast_bf16() -> bool:
 
 class ModelLoadError(RatingloopError):
     """A model reference cannot be resolved or loaded; the message says what was tried and the fix."""
+
+
+@contextmanager
+def quiet_checkpointing_deprecation() -> Iterator[None]:
+    """PEFT and TRL still read `is_gradient_checkpointing`, which transformers 5 deprecates: a FutureWarning about
+    their code, not the caller's, on every adapter load and training run. Silenced inside the block only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
 
 
 @dataclass(frozen=True)
@@ -195,8 +206,7 @@ def load_for_generation(name_or_path: str | Path | ResolvedModel | None = None, 
         from peft import PeftModel
 
         try:
-            with warnings.catch_warnings():  # PEFT's merge still asks for a name transformers 5 deprecates
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            with quiet_checkpointing_deprecation():
                 model = PeftModel.from_pretrained(model, resolved.path).merge_and_unload()
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"cannot apply the adapter {resolved.path} to {resolved.weights_path}: {e}") from e

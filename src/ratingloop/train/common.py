@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ratingloop.errors import ConfigError
-from ratingloop.models import ModelLoadError, ResolvedModel, cpu_has_fast_bf16
+from ratingloop.models import ModelLoadError, ResolvedModel, cpu_has_fast_bf16, quiet_checkpointing_deprecation
 from ratingloop.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,8 @@ def warm_start(model: Any, cfg: TrainConfig, base_path: Path) -> Any:
     from peft import PeftModel
 
     try:
-        wrapped = PeftModel.from_pretrained(model, str(Path(cfg.init_adapter).expanduser()), is_trainable=True)
+        with quiet_checkpointing_deprecation():
+            wrapped = PeftModel.from_pretrained(model, str(Path(cfg.init_adapter).expanduser()), is_trainable=True)
     except Exception as e:  # noqa: BLE001 - any loader failure is reported with the folder
         raise ModelLoadError(f"{key}: cannot apply it to {base_path} ({type(e).__name__}: {e})") from e
     own = wrapped.peft_config["default"]

@@ -41,7 +41,7 @@ from sqlalchemy import Engine
 import ratingloop
 from ratingloop.dataset import purged_at
 from ratingloop.errors import ConfigError, RatingloopError
-from ratingloop.models import ModelLoadError, resolve_model
+from ratingloop.models import ModelLoadError, quiet_checkpointing_deprecation, resolve_model
 from ratingloop.models.registry import fail_run, finish_run, get_run, reopen_run, snapshot_exists, start_run, update_run
 from ratingloop.train.common import load_base, save_model, warm_start
 from ratingloop.train.config import TrainConfig
@@ -180,7 +180,8 @@ def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Pa
         _write_run_json(out_dir, run_id, method, cfg, base_model, data, metrics=None)
 
     # --- train -------------------------------------------------------------------------------------
-    trainer = rec.make_trainer(model, tokenizer, data, cfg, out_dir, progress)
+    with quiet_checkpointing_deprecation():
+        trainer = rec.make_trainer(model, tokenizer, data, cfg, out_dir, progress)
     if progress:
         from ratingloop.train.progress import TrainProgress
 
@@ -188,12 +189,14 @@ def _train(engine: Engine, run_id: str, method: str, out_dir: Path, data_dir: Pa
     for callback in callbacks:
         trainer.add_callback(callback)
     checkpoint = _latest_checkpoint(out_dir) if resume else None
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with quiet_checkpointing_deprecation():
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = _metrics(trainer, output, data)
     if hasattr(rec, "metrics"):
         metrics |= rec.metrics(trainer)
     if data.eval is not None and cfg.eval_after_training:
-        evaluated = trainer.evaluate()
+        with quiet_checkpointing_deprecation():
+            evaluated = trainer.evaluate()
         metrics |= {k: float(v) for k, v in evaluated.items()
                     if k.startswith("eval_") and isinstance(v, (int, float)) and k != "eval_runtime"}
     if not main:
