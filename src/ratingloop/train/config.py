@@ -159,7 +159,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 # a round on 2 CPU cores in minutes: a KTO step of 8 rows of ~110 tokens (+ reference and KL passes) is ~10 s on
 # idle cores (86 tokens/s, bench/results-train.md). Measured on simulated single ratings (bench/loop.py): 16 steps
 # of 8 at kto 5e-4 gave 84% of the largest possible uplift on one seed; the other rates are the 12-step ones of
-# tests/test_train_default_model.py (the concise-users store). Later rounds continue from what the gate promoted.
+# tests/test_train_default_model.py (the concise-users store). Every global round trains a fresh adapter on the
+# base (the promoted version is its parent for lineage only); a cohort's adapter starts from the active one's.
 LOOP_LEARNING_RATE: dict[str, float] = {"kto": 5e-4, "wsft": 4e-4, "dpo": 7e-4}
 LOOP_EPOCHS = 2.0
 LOOP_MIN_STEPS = 12
