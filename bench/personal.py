@@ -37,32 +37,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-import numpy as np  # noqa: E402
-
 from ratingloop.simulate.graders import GRADERS  # noqa: E402
-from ratingloop.simulate.groups import GroupsConfig, grouped_users  # noqa: E402
-from ratingloop.simulate.texts import TOPICS, _fill  # noqa: E402
+from ratingloop.simulate.groups import GroupsConfig, fresh_questions, grouped_users  # noqa: E402
 
 KEY = b"bench-personal-key"
-HELD_OUT_SEED = 10_000  # the questions' seed: no simulated user drew from it
-
-
-def held_out_questions(n: int) -> list[dict[str, Any]]:
-    """`n` distinct support questions, drawn round-robin over the topics (a topic whose questions have no blanks
-    to fill runs out of new ones; the others then fill in)."""
-    rng = np.random.default_rng(HELD_OUT_SEED)
-    seen: set[str] = set()
-    prompts: list[dict[str, Any]] = []
-    topics = list(TOPICS)
-    for attempt in range(1000 * n):
-        if len(prompts) == n:
-            break
-        questions = TOPICS[topics[attempt % len(topics)]][0]
-        q = _fill(questions[int(rng.integers(len(questions)))], rng)
-        if q not in seen:
-            seen.add(q)
-            prompts.append({"id": len(prompts), "messages": [{"role": "user", "content": q}]})
-    return prompts
 
 
 def scores(ref: str, prompts: list[dict[str, Any]], groups: list[str], max_tokens: int) -> dict[str, Any]:
@@ -120,21 +98,32 @@ def run_world(cfg: GroupsConfig, args: argparse.Namespace, held: list[dict[str, 
     return row
 
 
+def served(r: dict[str, Any], group: str) -> str:
+    """Which version the group's users get after the round: their cohort's if its gate promoted it, else the
+    global candidate if promoted, else the base."""
+    mine = next((c for c in r["cohorts"] if "own" in r and c["cohort"] == r["own"][group]), None)
+    if mine is not None and mine["outcome"] == "promoted":
+        return f"cohort-{mine['cohort']}"
+    return "global" if r["global"]["outcome"] == "promoted" else "base"
+
+
 def report(rows: list[dict[str, Any]], homogeneous: dict[str, Any], args: argparse.Namespace, wall: float) -> str:
     lines = [f"bench/personal.py: {args.users} users, {args.share:.0%} concise / {1 - args.share:.0%} thorough, "
              f"seeds {args.seeds}, {args.held_out} held-out questions, max {args.max_tokens} tokens; "
              f"{wall / 60:.1f} min", "",
-             "| seed | K | ARI | global gate | cohort gates | round s | group | base | global | own | own - global |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| seed | K | ARI | global gate | cohort gates | round s | group | base | global | own cohort's "
+             "candidate | served after the round | served - global |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     nan = float("nan")
     for r in rows:
         gates = ", ".join(f"{c['cohort']}: {c['outcome']}" for c in r["cohorts"]) or "none"
         for g in ("concise", "thorough"):
             by = {name: s[g] for name, s in r.get("scores", {}).items()}
             own = by.get(f"cohort-{r['own'][g]}", nan) if "own" in r else nan
-            base, glob = by.get("base", nan), by.get("global", nan)
+            base, glob, now = by.get("base", nan), by.get("global", nan), by.get(served(r, g), nan)
             lines.append(f"| {r['seed']} | {r['k']} | {r.get('ari', '')} | {r['global']['outcome']} | {gates} | "
-                         f"{r['round_s']} | {g} | {base:+.3f} | {glob:+.3f} | {own:+.3f} | {own - glob:+.3f} |")
+                         f"{r['round_s']} | {g} | {base:+.3f} | {glob:+.3f} | {own:+.3f} | {now:+.3f} "
+                         f"({served(r, g)}) | {now - glob:+.3f} |")
     lines += ["", f"homogeneous world (one group, seed {homogeneous['seed']}): K={homogeneous['k']}, "
               f"{homogeneous['n_versions']} version(s) trained, cohort steps {homogeneous['cohorts']}"]
     return "\n".join(lines)
@@ -154,7 +143,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     t0 = time.monotonic()
-    held = held_out_questions(args.held_out)
+    held = fresh_questions(args.held_out)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = GroupsConfig(groups=(("concise", args.share), ("thorough", 1 - args.share)), n_users=args.users,

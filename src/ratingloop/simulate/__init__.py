@@ -13,11 +13,11 @@ also needs httpx; import it from its module).
 """
 
 from ratingloop.simulate.graders import Grader, grader_for
-from ratingloop.simulate.groups import GroupedWorld, GroupsConfig, grouped_users
+from ratingloop.simulate.groups import GroupedWorld, GroupsConfig, fresh_questions, grouped_users
 from ratingloop.simulate.population import HABITS, TROLL_KINDS, SimConfig, Truth
 from ratingloop.simulate.ratings import STARS, THUMBS, SimRatings, simulate
 from ratingloop.simulate.single import AskerConfig, SingleRatedWorld, cut_variants, single_rated, support_answers
 
 __all__ = ["HABITS", "STARS", "THUMBS", "TROLL_KINDS", "AskerConfig", "Grader", "GroupedWorld", "GroupsConfig",
-           "SimConfig", "SimRatings", "SingleRatedWorld", "Truth", "cut_variants", "grader_for", "grouped_users",
-           "simulate", "single_rated", "support_answers"]
+           "SimConfig", "SimRatings", "SingleRatedWorld", "Truth", "cut_variants", "fresh_questions", "grader_for",
+           "grouped_users", "simulate", "single_rated", "support_answers"]

@@ -13,6 +13,7 @@ truth behind them.
     world = grouped_users(GroupsConfig(groups=(("concise", 0.7), ("thorough", 0.3)), n_users=60))
     import_lines(engine, world.lines, Limits(), user_key=settings.feedback_secret())
     world.group_of        # user id -> the index of their group in cfg.groups
+    fresh_questions(48)   # support questions no simulated user drew: held out, to score what a version answers
 """
 
 from __future__ import annotations
@@ -132,3 +133,25 @@ def _overall(user: str, perceived: float, thumbs: bool, at: datetime) -> dict[st
     if thumbs:
         return rating | {"kind": "thumbs", "value": 1 if perceived > 0 else -1}
     return rating | {"kind": "stars", "value": int(np.clip(np.rint(3 + 2 * perceived), 1, 5)), "scale": [1, 5]}
+
+
+FRESH_SEED = 10_000  # the held-out questions' seed: no simulated user draws from it
+
+
+def fresh_questions(n: int) -> list[dict[str, Any]]:
+    """`n` distinct support questions as `generate` prompt lines ({"id", "messages"}), drawn round-robin over the
+    topics with a seed no simulated user draws from (a topic whose questions have no blanks to fill runs out of
+    new ones; the others then fill in): held out from every world, to score what a version answers."""
+    rng = np.random.default_rng(FRESH_SEED)
+    seen: set[str] = set()
+    prompts: list[dict[str, Any]] = []
+    topics = list(TOPICS)
+    for attempt in range(1000 * n):
+        if len(prompts) == n:
+            break
+        questions = TOPICS[topics[attempt % len(topics)]][0]
+        q = _fill(questions[int(rng.integers(len(questions)))], rng)
+        if q not in seen:
+            seen.add(q)
+            prompts.append({"id": len(prompts), "messages": [{"role": "user", "content": q}]})
+    return prompts
