@@ -196,7 +196,11 @@ def fp32_loss(method: str, trainer: Any, out_dir: Path) -> float | None:
             if hasattr(trainer.args, k)}
     args = getattr(trl, f"{kind}Config")(output_dir=str(out_dir / "fp32"), report_to="none", bf16=False,
                                          use_cpu=True, per_device_eval_batch_size=EVAL_ROWS, **same)
-    extra = {"ref_model": None} if kind in ("KTO", "DPO") else {}
+    # the reference is the base, as in training (a fresh LoRA's reference is the model with it disabled). With
+    # ref_model=None, TRL 1.16 copies a loaded adapter into a "ref" adapter: the reference was the trained policy
+    # itself, and every kto/dpo fp32 loss came out as the untrained one (dpo: ln 2) until 2026-12-02.
+    extra = {"ref_model": AutoModelForCausalLM.from_pretrained(default_model_dir(), dtype=torch.float32)
+             } if kind in ("KTO", "DPO") else {}
     data = trainer.eval_dataset
     ev = getattr(trl, f"{kind}Trainer")(model=model, args=args, train_dataset=data, eval_dataset=data,
                                         processing_class=trainer.processing_class, **extra)
