@@ -120,10 +120,11 @@ def report(rows: list[dict[str, Any]], homogeneous: dict[str, Any], args: argpar
         for g in ("concise", "thorough"):
             by = {name: s[g] for name, s in r.get("scores", {}).items()}
             own = by.get(f"cohort-{r['own'][g]}", nan) if "own" in r else nan
-            base, glob, now = by.get("base", nan), by.get("global", nan), by.get(served(r, g), nan)
+            now_by = served(r, g)
+            base, glob, now = by.get("base", nan), by.get("global", nan), by.get(now_by, nan)
             lines.append(f"| {r['seed']} | {r['k']} | {r.get('ari', '')} | {r['global']['outcome']} | {gates} | "
                          f"{r['round_s']} | {g} | {base:+.3f} | {glob:+.3f} | {own:+.3f} | {now:+.3f} "
-                         f"({served(r, g)}) | {now - glob:+.3f} |")
+                         f"({now_by}) | {now - glob:+.3f} |")
     lines += ["", f"homogeneous world (one group, seed {homogeneous['seed']}): K={homogeneous['k']}, "
               f"{homogeneous['n_versions']} version(s) trained, cohort steps {homogeneous['cohorts']}"]
     return "\n".join(lines)

@@ -161,7 +161,9 @@ def feedback_summary(engine: Engine, user_id: str) -> dict[str, Any]:
     `served_by_cohort`: the cohort it was made for, None for a global version or the base)."""
     r, v, s, sr, runs = t.ratings.c, model_versions.c, dataset_snapshots.c, t.signals_ratings.c, training_runs.c
     mine = select(r.id).where(r.rater_id == user_id)
+    served_by = load_routes(engine).pick(ACTIVE, user_id).version
     with engine.connect() as conn:
+        served_cohort = conn.execute(select(v.cohort).where(v.id == served_by)).scalar()
         n, interactions = conn.execute(select(func.count(), func.count(distinct(r.interaction_id)))
                                        .where(r.rater_id == user_id)).one()
         # only snapshots that trained a version, and were built from a signals run that counted one of the
@@ -176,9 +178,6 @@ def feedback_summary(engine: Engine, user_id: str) -> dict[str, Any]:
                                 .join(training_runs, runs.id == v.training_run_id, isouter=True)
                                 .where(v.dataset_snapshot_id.in_(trained)).order_by(v.id)).all() if trained else []
     events = list_events(engine) if versions else []
-    served_by = load_routes(engine).pick(ACTIVE, user_id).version
-    with engine.connect() as conn:
-        served_cohort = conn.execute(select(v.cohort).where(v.id == served_by)).scalar()
     return {"user_id": user_id, "ratings": n, "interactions_rated": interactions,
             "served_by": served_by, "served_by_cohort": served_cohort, "versions": [
                 {"id": x.id, "status": x.status, "method": x.method, "cohort": x.cohort,
