@@ -44,6 +44,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/train.py: spinn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+for _quiet in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE"):
+    os.environ.setdefault(_quiet, "1")  # as the CLI: no per-file library bars between the rows
 
 import numpy as np  # noqa: E402
 

@@ -135,6 +135,10 @@ def test_auto_turns_the_prior_on_for_mostly_single_rated_stores_only() -> None:
     on, why = decide(loaded(multi), ContentConfig())
     assert not on and "check each other" in why
     assert not decide(loaded(tiny), ContentConfig())[0]
+    # ~170 single ratings: where the prior was measured to rank answers better (bench/results.md, issue 12)
+    assert decide(loaded(simulate(SimConfig(n_items=170, n_raters=40, single_rated=True))), ContentConfig())[0]
+    on, why = decide(loaded(simulate(SimConfig(n_items=100, n_raters=40, single_rated=True))), ContentConfig())
+    assert not on and "at least 150" in why
     on, why = decide(loaded(single), ContentConfig(auto_max_interactions=500))  # too many to embed each run
     assert not on and "content.mode=on" in why
     assert decide(loaded(multi), ContentConfig(mode="on"))[0]
