@@ -175,6 +175,29 @@ def test_against_the_active_version(store: Engine, built: dict[str, object]) -> 
         evaluate(store, str(built["same"]), cfg=SMALL, progress=False)
 
 
+def test_a_version_answers_each_prompt_once_across_evaluations(store: Engine, built: dict[str, object]) -> None:
+    """Greedy answers of an unchanged version are read back from earlier evaluations with the same settings: after
+    a round promotes its candidate, the next round's gate generates only the new candidate's answers."""
+    trained, broken = str(built["trained"]), str(built["broken"])
+    first = evaluate(store, trained, "base", cfg=SMALL, progress=False)
+    assert first.reused_answers == {"candidate": 0, "against": 0}
+    assert first.generation["max_tokens"] == SMALL.max_tokens and first.generation["dtype"].startswith("torch.")
+    said = {prompt_key(e["messages"]): e["candidate"] for e in first.examples}
+    assert len(said) == first.n_prompts
+
+    second = evaluate(store, broken, trained, cfg=SMALL, progress=False)  # trained is now the side it is judged against
+    assert second.reused_answers == {"candidate": 0, "against": second.n_prompts} and second.n_prompts == len(said)
+    assert all(e["against"] == said[prompt_key(e["messages"])] for e in second.examples)
+    assert second.verdict == "reject" and second.guards["refusal_increase"]["value"] == 1.0  # judged as before
+
+    again = evaluate(store, trained, "base", cfg=SMALL, progress=False)  # the base is known by its reference
+    assert again.reused_answers == {"candidate": again.n_prompts, "against": again.n_prompts}
+    assert (again.win_rate, again.guards["length_ratio"]["value"]) == (first.win_rate,
+                                                                       first.guards["length_ratio"]["value"])
+    longer = evaluate(store, trained, "base", cfg=replace(SMALL, max_tokens=SMALL.max_tokens + 4), progress=False)
+    assert longer.reused_answers == {"candidate": 0, "against": 0}  # other settings, other answers: generated
+
+
 def test_what_cannot_be_evaluated_says_so(store: Engine, built: dict[str, object], tmp_path: Path) -> None:
     with pytest.raises(EvalError, match="--candidate nope: model version 'nope' is not in the registry"):
         evaluate(store, "nope", cfg=SMALL, progress=False)

@@ -3,7 +3,10 @@ top to bottom. `ratingloop eval --candidate V [--against active|base|ID] [--json
 
     1. resolve both versions (the base model when nothing is active), refuse nonsense comparisons
     2. held-out prompts (heldout.py): in no training set of either version or of the judging reward model
-    3. greedy answers from both versions (ratingloop.models.generate, the serving dtype)
+    3. greedy answers from both versions (ratingloop.models.generate, the serving dtype); a version's answers
+       to prompts an earlier evaluation already had it answer, with the same settings, are read from that
+       evaluation's report instead (after a promotion the new active version answered most held-out prompts
+       as the candidate, so the next round generates only its own candidate's answers)
     4. fp32 likelihoods: the human judge's moves on held-out rated answers, and KL on the candidate's answers
     5. the judges vote per prompt (judges.py); a prompt's outcome is the mean of the judges that voted
     6. win rate with a paired bootstrap CI, length-controlled win rate (stats.py); guards (guards.py)
@@ -71,6 +74,9 @@ class EvalReport:
     examples: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # how the answers were generated (what makes an earlier answer reusable) and how many were reused, per side
+    generation: dict[str, Any] = field(default_factory=dict)
+    reused_answers: dict[str, int] = field(default_factory=dict)
     evaluation_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -122,8 +128,9 @@ def evaluate(engine: Engine, candidate: str, against: str = "active", *, cfg: Ev
     prompts = prompts[:cfg.max_prompts]
 
     # 3. greedy answers
-    answers_c = _answers(cand, prompts, cfg, progress, candidate=True)
-    answers_o = _answers(other, prompts, cfg, progress, candidate=False)
+    generation = _generation(cfg, cand, other)
+    answers_c, reused_c = _answers(engine, cand, prompts, cfg, generation, progress, candidate=True)
+    answers_o, reused_o = _answers(engine, other, prompts, cfg, generation, progress, candidate=False)
 
     # 4. fp32 likelihoods, 5. judges
     results: list[JudgeResult] = []
@@ -171,7 +178,8 @@ def evaluate(engine: Engine, candidate: str, against: str = "active", *, cfg: Ev
                         verdict="reject" if reasons else "promote", reasons=reasons, held_out=counts,
                         examples=[{"messages": prompts[k].messages, "candidate": answers_c[k], "against": answers_o[k],
                                    "outcome": o} for k, o in zip(voted, outcomes, strict=True)],
-                        warnings=warnings, seconds=round(time.monotonic() - start, 1))
+                        warnings=warnings, seconds=round(time.monotonic() - start, 1), generation=generation,
+                        reused_answers={"candidate": reused_c, "against": reused_o})
     report.evaluation_id = _record(engine, report, other.version_id)
     log.info("eval %s vs %s: %d held-out prompts, win rate %.3f [%.3f, %.3f], LC %.3f -> %s%s", candidate,
              report.against, overall.n, overall.win_rate, overall.ci_low, overall.ci_high, lc, report.verdict,
@@ -231,21 +239,67 @@ def _rewards(engine: Engine, cfg: EvalConfig, warnings: list[str], run_id: str |
 
 # --- 3, 4. the models ----------------------------------------------------------------------------------
 
-def _answers(side: Side, prompts: Sequence[HeldOutPrompt], cfg: EvalConfig, progress: bool,
-             candidate: bool) -> list[str]:
+def _generation(cfg: EvalConfig, cand: Side, other: Side) -> dict[str, Any]:
+    """The settings behind the answers: greedy, `max_tokens`, the dtype "auto" resolved to on this machine, and
+    what each side loaded (the base model has no version id, so its answers are known by its reference)."""
+    from ratingloop.models.load import default_device, resolve_dtype
+
+    return {"max_tokens": cfg.max_tokens, "dtype": str(resolve_dtype(cfg.dtype, default_device())),
+            "candidate_ref": cand.ref, "against_ref": other.ref}
+
+
+def _answers(engine: Engine, side: Side, prompts: Sequence[HeldOutPrompt], cfg: EvalConfig,
+             generation: dict[str, Any], progress: bool, candidate: bool) -> tuple[list[str], int]:
+    """`side`'s greedy answer to every prompt, and how many of them were earlier evaluations' answers."""
     from ratingloop import models  # `from ratingloop.models import generate` would name the module
 
+    earlier = _earlier_answers(engine, side, generation)
+    missing = [k for k, p in enumerate(prompts) if p.key not in earlier]
+    answers = {k: earlier[p.key] for k, p in enumerate(prompts) if p.key in earlier}
     model: tuple[Any, Any] | None = None
     try:
-        model = models.load_for_generation(side.ref, dtype=cfg.dtype)
-        answers = models.generate(model, [{"id": k, "messages": p.messages} for k, p in enumerate(prompts)],
-                           max_tokens=cfg.max_tokens, temperature=0.0, batch_size=cfg.batch_size, progress=progress)
+        if missing:
+            model = models.load_for_generation(side.ref, dtype=cfg.dtype)
+            made = models.generate(model, [{"id": k, "messages": prompts[k].messages} for k in missing],
+                                   max_tokens=cfg.max_tokens, temperature=0.0, batch_size=cfg.batch_size,
+                                   progress=progress)
+            answers.update({k: a["response"] for k, a in zip(missing, made, strict=True)})
     except Exception as e:
         raise _failure(side, candidate, "generate", e) from e
     finally:
         model = None
         gc.collect()
-    return [a["response"] for a in answers]
+    if earlier:
+        log.info("eval: %d of %d answers of %s read from earlier evaluations", len(prompts) - len(missing),
+                 len(prompts), side.version_id or side.ref)
+    return [answers[k] for k in range(len(prompts))], len(prompts) - len(missing)
+
+
+def _earlier_answers(engine: Engine, side: Side, generation: dict[str, Any]) -> dict[str, str]:
+    """Prompt key -> `side`'s answer in earlier evaluations generated with the same settings, the newest winning.
+    A version's weights never change, and greedy decoding of the same prompt with the same settings gives the
+    same answer, so generating it again would only cost time. An evaluation recorded before reports carried
+    their settings is not read."""
+    from sqlalchemy import or_, select
+
+    from ratingloop.dataset import prompt_key
+    from ratingloop.store import tables as t
+
+    e = t.evaluations.c
+    mine = (or_(e.candidate_id == side.version_id, e.against_id == side.version_id) if side.version_id is not None
+            else e.against_id.is_(None))
+    same = {k: generation[k] for k in ("max_tokens", "dtype")}
+    out: dict[str, str] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(select(e.candidate_id, e.report).where(mine).order_by(e.created_at, e.id)):
+            report = row.report or {}
+            settings = report.get("generation") or {}
+            which = "candidate" if side.version_id is not None and row.candidate_id == side.version_id else "against"
+            if {k: settings.get(k) for k in same} != same or settings.get(f"{which}_ref") != side.ref:
+                continue
+            for example in report.get("examples") or []:
+                out[prompt_key(example["messages"])] = example[which]
+    return out
 
 
 def _likelihoods(cand: Side, other: Side, prompts: Sequence[HeldOutPrompt], answers_c: Sequence[str],
