@@ -89,12 +89,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     width = 0.26
     colours = {"naive": "#9e9e9e", "default": "#1f77b4", "oracle": "#2ca02c"}
     for a, arm in enumerate(ARMS):
+        labelled = False  # an arm is in the legend once, whichever condition it was first run in
         for c, cond in enumerate(conds):
             ups = [r["uplift"] for r in rows if r["arm"] == arm and (r["trolls"], r["rated_share"]) == cond]
             if not ups:
                 continue
             x = c + (a - 1) * width
-            ax.bar(x, statistics.median(ups), width, color=colours[arm], label=arm if c == 0 else None, alpha=0.85)
+            ax.bar(x, statistics.median(ups), width, color=colours[arm], label=None if labelled else arm, alpha=0.85)
+            labelled = True
             ax.scatter([x] * len(ups), ups, s=12, color="black", zorder=3)
             ax.vlines(x, min(ups), max(ups), color="black", lw=1, zorder=3)
     ax.axhline(0, color="black", lw=0.6)

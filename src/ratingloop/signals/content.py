@@ -62,9 +62,9 @@ class ContentConfig:
     mode: str = "auto"  # auto: on for mostly single-rated stores with enough ratings; on; off
     folds: int = 5  # raters split this many ways; each fold's items judged by a model of the others
     min_ratings: int = 150  # auto: fewer overall ratings than this and the prior stays off. Measured on OASST answers
-    # rated once by simulated askers (bench/results.md, issue 12): with 164-179 ratings it ranked answers better than
-    # the flat prior for 3 of 3 hidden preferences with 20% inverters (labels 0.78-0.83 -> 0.87-0.92 right) and cost
-    # at most 0.06 without trolls; with 78-104 it was mixed (up to 0.12 worse without trolls)
+    # rated once by simulated askers (bench/content_small.py, results in bench/results.md, issue 12): with 164-179
+    # ratings it ranked answers better than the flat prior for 3 of 3 hidden preferences with 20% inverters (labels
+    # 0.77-0.83 -> 0.87-0.92 right) and cost at most 0.06 without trolls; with 87-89 it was mixed (up to 0.12 worse)
     min_raters: int = 10  # auto: and at least this many raters (each fold needs others to learn from)
     min_single_share: float = 0.5  # auto: on when at least this share of rated interactions has one rater
     auto_max_interactions: int = 50_000  # auto: off above this many rated interactions unless asked for: the first
