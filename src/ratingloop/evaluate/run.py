@@ -31,7 +31,7 @@ from sqlalchemy import Engine
 from ratingloop.errors import RatingloopError
 from ratingloop.evaluate import guards as g
 from ratingloop.evaluate.config import EvalConfig
-from ratingloop.evaluate.heldout import HeldOutPrompt, count_by, held_out_prompts, training_keys
+from ratingloop.evaluate.heldout import HeldOutPrompt, count_by, held_out_prompts, normalise, training_keys
 from ratingloop.evaluate.judges import (
     JudgeResult,
     human_judge,
@@ -298,7 +298,7 @@ def _earlier_answers(engine: Engine, side: Side, generation: dict[str, Any]) -> 
             if {k: settings.get(k) for k in same} != same or settings.get(f"{which}_ref") != side.ref:
                 continue
             for example in report.get("examples") or []:
-                out[prompt_key(example["messages"])] = example[which]
+                out[prompt_key(normalise(example["messages"]))] = example[which]
     return out
 
 
