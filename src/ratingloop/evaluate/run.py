@@ -242,9 +242,9 @@ def _rewards(engine: Engine, cfg: EvalConfig, warnings: list[str], run_id: str |
 def _generation(cfg: EvalConfig, cand: Side, other: Side) -> dict[str, Any]:
     """The settings behind the answers: greedy, `max_tokens`, the dtype "auto" resolved to on this machine, and
     what each side loaded (the base model has no version id, so its answers are known by its reference)."""
-    from ratingloop.models.load import default_device, resolve_dtype
+    from ratingloop import models
 
-    return {"max_tokens": cfg.max_tokens, "dtype": str(resolve_dtype(cfg.dtype, default_device())),
+    return {"max_tokens": cfg.max_tokens, "dtype": str(models.resolve_dtype(cfg.dtype, models.default_device())),
             "candidate_ref": cand.ref, "against_ref": other.ref}
 
 

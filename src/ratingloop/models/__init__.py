@@ -16,8 +16,10 @@ from ratingloop.models.load import (
     ModelLoadError,
     ResolvedModel,
     cpu_has_fast_bf16,
+    default_device,
     load_for_generation,
     quiet_checkpointing_deprecation,
+    resolve_dtype,
     resolve_model,
 )
 from ratingloop.models.pull import ModelPullError, PullResult, default_model_dir, pull_default_model
@@ -25,7 +27,7 @@ from ratingloop.models.versions import ModelChoice, base_ref, choose_model, serv
 
 __all__ = [
     "ModelChoice", "ModelLoadError", "ModelPullError", "PullResult", "ResolvedModel", "base_ref", "choose_model",
-    "cli_generate", "cpu_has_fast_bf16", "default_model_dir", "generate", "generation_kwargs", "load_for_generation",
-    "pull_default_model", "quiet_checkpointing_deprecation", "read_prompts", "resolve_model", "servable_versions",
-    "version_rows", "write_answers",
+    "cli_generate", "cpu_has_fast_bf16", "default_device", "default_model_dir", "generate", "generation_kwargs",
+    "load_for_generation", "pull_default_model", "quiet_checkpointing_deprecation", "read_prompts", "resolve_dtype",
+    "resolve_model", "servable_versions", "version_rows", "write_answers",
 ]
