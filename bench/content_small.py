@@ -35,21 +35,16 @@ def one_store(train_q: list[Any], grader: str, trolls: float, rated: float, seed
     from ratingloop.loop import LOOP_BUILD_DEFAULTS
     from ratingloop.signals import SignalsConfig, record_signals
     from ratingloop.signals.content import ContentConfig
-    from ratingloop.simulate.single import AskerConfig, cut_variants, single_rated
     from ratingloop.store import open_engine
     from ratingloop.store.jsonl import import_lines
     from ratingloop.store.records import Limits
 
-    rng = np.random.default_rng(seed)  # the same answers as bench/loop.py's make_world, with any grader
-    prompts, answers = [], []
-    for question, replies in train_q:
-        for reply in replies:
-            for text in cut_variants(reply, rng, n=2, max_words=120):
-                prompts.append([{"role": "user", "content": question}])
-                answers.append(text)
-    world = single_rated(prompts, answers, AskerConfig(invert_frac=trolls, unrated_frac=round(1 - rated, 6),
-                                                       seed=seed, grader=grader))
-    index = {(p[-1]["content"], a): k for k, (p, a) in enumerate(zip(prompts, answers, strict=True))}
+    world = world_loop.make_world(train_q, argparse.Namespace(variants=2, trolls=trolls, unrated=round(1 - rated, 6),
+                                                              grader=grader), seed)
+    index = {}
+    for k, line in enumerate(world.lines):
+        row = json.loads(line)
+        index[(row["messages"][-1]["content"], row["response"])] = k
     with tempfile.TemporaryDirectory(prefix="bench-content-small-") as tmp:
         engine = open_engine(f"sqlite:///{tmp}/store.db")
         assert not import_lines(engine, world.lines, Limits(), user_key=b"bench").bad

@@ -84,7 +84,8 @@ def make_world(train_q: list[tuple[str, list[str]]], args: argparse.Namespace, s
             for text in cut_variants(reply, rng, n=args.variants, max_words=120):
                 prompts.append([{"role": "user", "content": question}])
                 answers.append(text)
-    cfg = AskerConfig(invert_frac=args.trolls, unrated_frac=args.unrated, seed=seed)
+    cfg = AskerConfig(invert_frac=args.trolls, unrated_frac=args.unrated, seed=seed,
+                      grader=getattr(args, "grader", "concise"))  # bench/content_small.py varies it
     return single_rated(prompts, answers, cfg)
 
 
