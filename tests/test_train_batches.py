@@ -1,4 +1,7 @@
-"""train.common.LengthBuckets: batches of similar length, every row once per epoch, replayable from the seed."""
+"""train.common.LengthBuckets: batches of similar length, every row once per epoch, replayable from the seed, and -
+where rows carry a rating (kto's label, wsft's weight, dro's score) - each batch mixing liked and disliked rows as
+the data does, even when their lengths differ (bench/results.md: grouping alone made all-liked and all-disliked
+batches, and a short weighted run alternated directions)."""
 
 from __future__ import annotations
 
@@ -42,3 +45,31 @@ def test_the_seed_replays_the_order_and_epochs_differ() -> None:
     torch.manual_seed(3)
     assert list(LengthBuckets(lengths, 4)) == first
     assert first != second
+
+
+def test_strata_keep_each_batch_mixed_when_liked_and_disliked_differ_in_length() -> None:
+    rng = random.Random(1)
+    liked = [rng.random() < 0.3 for _ in range(400)]
+    lengths = [rng.randint(20, 120) if good else rng.randint(100, 400) for good in liked]  # liked answers shorter
+    torch.manual_seed(0)
+    plain = batches(LengthBuckets(lengths, 8), 8)
+    torch.manual_seed(0)
+    sampler = LengthBuckets(lengths, 8, strata=liked)
+    mixed = batches(sampler, 8)
+    assert sorted(i for g in mixed for i in g) == list(range(400))
+    assert [len(g) for g in mixed] == [8] * 50
+
+    def shares(groups: list[list[int]]) -> list[float]:
+        return [sum(liked[i] for i in g) / len(g) for g in groups]
+
+    assert max(shares(plain)) == 1 and min(shares(plain)) == 0  # length alone: all-liked and all-disliked batches
+    overall = sum(liked) / len(liked)
+    assert all(abs(s - overall) <= 1 / 8 + 1e-9 for s in shares(mixed))  # within one row of the data's mix
+    torch.manual_seed(0)
+    shuffled = torch.randperm(400).tolist()
+    random_padding = padding([shuffled[i:i + 8] for i in range(0, 400, 8)], lengths)
+    assert padding(mixed, lengths) < random_padding - 0.1  # still far less padding than random batches
+    torch.manual_seed(0)
+    one = list(LengthBuckets(lengths, 8, strata=[True] * 400))
+    torch.manual_seed(0)
+    assert one == list(LengthBuckets(lengths, 8))  # a single stratum is plain grouping

@@ -256,7 +256,10 @@ def fast(trainer: Any, cfg: TrainConfig) -> Any:
     """The trainer with the two CPU speed-ups TRL has no argument for; neither changes what a batch's loss is.
 
     `train.group_by_length`: batches of similar length (LengthBuckets). Chat answers vary in length, so a
-    random batch of OASST answers is ~35% padding, which a CPU computes like any other token.
+    random batch of OASST answers is ~30% padding, which a CPU computes like any other token. Where rows carry a
+    rating (kto's label, wsft's weight, dro's score), each batch keeps liked and disliked rows mixed as the data
+    has them: liked and disliked answers often differ in length - the very thing users rate - and batches grouped
+    by length alone came out all-liked or all-disliked, so a short run alternated directions (bench/results.md).
     bf16 LoRA: PEFT casts each adapted layer's input to the adapter's fp32 and back; under autocast the
     adapter's matmuls run in bf16 anyway, so the casts only copy activations.
     """
@@ -272,7 +275,8 @@ def fast(trainer: Any, cfg: TrainConfig) -> Any:
 
 
 def group_by_length(trainer: Any, batch_size: int) -> None:
-    """Draw the trainer's batches from rows of similar length (tokenized: input_ids, or prompt + answer ids)."""
+    """Draw the trainer's batches from rows of similar length (tokenized: input_ids, or prompt + answer ids),
+    stratified by the row's rating where it has one."""
     data = trainer.train_dataset
     if data is None or not hasattr(data, "column_names"):
         return
@@ -285,8 +289,24 @@ def group_by_length(trainer: Any, batch_size: int) -> None:
             return
         longest = [max(map(len, xs)) for xs in zip(*(data[c] for c in answers), strict=True)]
         lengths = [len(p) + a for p, a in zip(data["prompt_ids"], longest, strict=True)]
+    strata = rating_strata(data)
     # the Trainer builds its train DataLoader's sampler with this
-    trainer._get_train_sampler = lambda train_dataset=None: LengthBuckets(lengths, batch_size)
+    trainer._get_train_sampler = lambda train_dataset=None: LengthBuckets(lengths, batch_size, strata=strata)
+
+
+def rating_strata(data: Any) -> list[bool] | None:
+    """Which rows are the liked ones: kto's `label`, wsft's positive `weight` (pulled up, not pushed down), dro's
+    `score` above the mean; None where rows carry no rating (sft, dpo: every row is liked, or a pair)."""
+    columns = data.column_names
+    if "label" in columns:
+        return [bool(x) for x in data["label"]]
+    if "weight" in columns:
+        return [float(x) > 0 for x in data["weight"]]
+    if "score" in columns:
+        scores = [float(x) for x in data["score"]]
+        mean = sum(scores) / len(scores) if scores else 0.0
+        return [x > mean for x in scores]
+    return None
 
 
 class LengthBuckets:
@@ -295,11 +315,17 @@ class LengthBuckets:
     so every batch the DataLoader cuts is one of these). transformers' LengthGroupedSampler keeps 4 windows
     at least, which leaves a few hundred rows ~25% padding; here a window is 64 batches.
 
+    With `strata` (a class per row: liked or not), a window is sorted by each row's length *rank within its
+    class* (as a fraction of the class), so the classes interleave along it in proportion and every batch holds
+    each class's rows of about the same length quantile: the data's mix in every batch, within a row.
+
     The shuffles draw from torch's global RNG, which the Trainer seeds, so a resumed run replays its batches.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, window: int = 64) -> None:
+    def __init__(self, lengths: list[int], batch_size: int, window: int = 64,
+                 strata: list[bool] | None = None) -> None:
         self.lengths, self.batch_size, self.window = lengths, batch_size, window * batch_size
+        self.strata = strata
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -310,7 +336,7 @@ class LengthBuckets:
         order = torch.randperm(len(self.lengths)).tolist()
         batches = []
         for start in range(0, len(order), self.window):
-            rows = sorted(order[start:start + self.window], key=self.lengths.__getitem__)
+            rows = self._sorted(order[start:start + self.window])
             batches += [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         full = [b for b in batches if len(b) == self.batch_size]
         short = [b for b in batches if len(b) < self.batch_size]
@@ -318,6 +344,18 @@ class LengthBuckets:
             yield from full[k]
         for batch in short:
             yield from batch
+
+    def _sorted(self, rows: list[int]) -> list[int]:
+        by_length = sorted(rows, key=self.lengths.__getitem__)
+        if self.strata is None:
+            return by_length
+        classes: dict[bool, list[int]] = {}
+        for i in by_length:
+            classes.setdefault(self.strata[i], []).append(i)
+        # the middle of each row's slot within its class; ties between classes fall to the rarer class first
+        place = {i: ((k + 0.5) / len(members), len(members)) for members in classes.values()
+                 for k, i in enumerate(members)}
+        return sorted(rows, key=place.__getitem__)
 
 
 def quiet(trainer: Any) -> Any:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 
-from ratingloop.train.common import keep_start_as_reference, lora_config, quiet, trainer_args
+from ratingloop.train.common import fast, keep_start_as_reference, lora_config, quiet, trainer_args
 from ratingloop.train.config import TrainConfig
 from ratingloop.train.data import TrainData
 
@@ -245,9 +245,9 @@ def pointwise_trainer(model: Any, tokenizer: Any, data: TrainData, cfg: TrainCon
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     elif objective.needs_reference:  # train.init_adapter: the start is that adapter, kept as a frozen "ref" copy
         keep_start_as_reference(model)
-    return quiet(PointwiseTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                                  processing_class=tokenizer, peft_config=lora_config(cfg), objective=objective,
-                                  reference_model=reference, out_dir=out_dir))
+    return fast(quiet(PointwiseTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                                       processing_class=tokenizer, peft_config=lora_config(cfg), objective=objective,
+                                       reference_model=reference, out_dir=out_dir)), cfg)
 
 
 def last_logged(trainer: Any, prefix: str) -> dict[str, float]:
