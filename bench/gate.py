@@ -8,7 +8,7 @@ process and on the same prompts:
 
 - generation: `ratingloop.models.generate` as the gate ran it before (bf16 weights, batches of 8), in fp32 at 8,
   and as it runs now (dtype "auto": bf16 only where the CPU has native bf16; `EvalConfig.batch_size`);
-  tokens/s counts answer tokens actually produced;
+  tokens/s counts answer tokens actually produced; `--brief` asks for short answers (a system prompt);
 - likelihoods: `answer_logprobs` and `token_kl` through the path that computes the LM head at every position
   (the reference, kept here as `_full_vocab_*`) and through the shipped path (only where the answer is).
 
@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--brief", action="store_true", help="a system prompt asking for one or two sentences")
+    parser.add_argument("--generation-only", action="store_true", help="skip the likelihood passes")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
@@ -82,6 +84,8 @@ def main() -> None:
 
     folder = Path(pull_default_model(Path.home() / ".ratingloop").path)
     prompts = questions(args.prompts)
+    if args.brief:
+        prompts = [[{"role": "system", "content": "Answer in one or two short sentences."}, *m] for m in prompts]
     rows = [{"id": i, "messages": m} for i, m in enumerate(prompts)]
     bf16 = load_for_generation(str(folder), dtype="bf16")
     fp32 = load_for_generation(str(folder), dtype="fp32")
@@ -97,7 +101,8 @@ def main() -> None:
         figures.setdefault(name, []).append(time.perf_counter() - start)
         return out
 
-    arms = {"bf16, batch 8 (before)": (bf16, 8), "fp32, batch 8": (fp32, 8),
+    arms = {"bf16, batch 8 (before)": (bf16, 8),
+            **({} if cpu_has_fast_bf16() else {"fp32, batch 8": (fp32, 8)}),  # where bf16 is emulated
             f"auto ({auto_name}), batch {shipped} (now)": (auto, shipped)}
     for model, _ in arms.values():
         generate(model, rows[:2], max_tokens=8, progress=False)  # warm up
@@ -109,6 +114,9 @@ def main() -> None:
             answers = [a["response"] for a in out]
             figures.setdefault(f"tokens {name}", []).append(
                 sum(len(tok(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers))
+        if args.generation_only:
+            print("repeat:", {k: round(v[-1], 2) for k, v in figures.items()}, flush=True)
+            continue
         ref = timed("logprobs, every position", lambda a=answers: _full_vocab_logprobs(fp32[0], tok, prompts, a))
         new, _ = timed("logprobs, answer positions", lambda a=answers: answer_logprobs(fp32[0], tok, prompts, a))
         figures.setdefault("max |logprob difference|", []).append(float(np.abs(ref - new).max()))
@@ -118,16 +126,17 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in figures.items()}
     print(f"# bench/gate.py, {platform.node()}, {os.cpu_count()} CPUs ({torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16: {cpu_has_fast_bf16()}), torch {torch.__version__}, {args.prompts} prompts, "
-          f"max {args.max_tokens} tokens, medians of {args.repeats}")
+          f"max {args.max_tokens} tokens{', brief' if args.brief else ''}, medians of {args.repeats}")
     rate = {name: med[f"tokens {name}"] / med[name] for name in arms}
     first = next(iter(arms))
     for name in arms:
         print(f"generate, {name}: {med[name]:.1f} s, {med[f'tokens {name}']:.0f} tokens, {rate[name]:.1f} tokens/s, "
               f"{rate[name] / rate[first]:.2f}x the first")
-    for k in ("logprobs, every position", "logprobs, answer positions", "token KL (two passes)"):
-        print(f"{k}: {med[k]:.2f} s")
-    print(f"  speed-up: {med['logprobs, every position'] / med['logprobs, answer positions']:.2f}x; "
-          f"max |difference| {med['max |logprob difference|']:.2e} nats")
+    if not args.generation_only:
+        for k in ("logprobs, every position", "logprobs, answer positions", "token KL (two passes)"):
+            print(f"{k}: {med[k]:.2f} s")
+        print(f"  speed-up: {med['logprobs, every position'] / med['logprobs, answer positions']:.2f}x; "
+              f"max |difference| {med['max |logprob difference|']:.2e} nats")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 
