@@ -1,5 +1,5 @@
 """train.common.LengthBuckets: batches of similar length, every row once per epoch, replayable from the seed, and -
-where rows carry a rating (kto's label, wsft's weight, dro's score) - each batch mixing liked and disliked rows as
+where rows carry a number (wsft's weight, dro's score) - each batch mixing liked and disliked rows as
 the data does, even when their lengths differ (bench/results.md: grouping alone made all-liked and all-disliked
 batches, and a short weighted run alternated directions)."""
 
@@ -73,3 +73,16 @@ def test_strata_keep_each_batch_mixed_when_liked_and_disliked_differ_in_length()
     one = list(LengthBuckets(lengths, 8, strata=[True] * 400))
     torch.manual_seed(0)
     assert one == list(LengthBuckets(lengths, 8))  # a single stratum is plain grouping
+
+
+def test_which_rows_are_the_liked_ones() -> None:
+    from datasets import Dataset
+
+    from ratingloop.train.common import rating_strata
+
+    assert rating_strata(Dataset.from_dict({"input_ids": [[1], [2], [3]], "weight": [0.5, -1.0, 0.0]})) == [
+        True, False, False]  # wsft: pulled up or not
+    assert rating_strata(Dataset.from_dict({"input_ids": [[1], [2], [3]], "score": [0.9, 0.1, 0.2]})) == [
+        True, False, False]  # dro: above the mean
+    assert rating_strata(Dataset.from_dict({"prompt_ids": [[1]], "completion_ids": [[2]], "label": [True]})) is None
+    assert rating_strata(Dataset.from_dict({"input_ids": [[1]]})) is None  # sft

@@ -257,9 +257,9 @@ def fast(trainer: Any, cfg: TrainConfig) -> Any:
 
     `train.group_by_length`: batches of similar length (LengthBuckets). Chat answers vary in length, so a
     random batch of OASST answers is ~30% padding, which a CPU computes like any other token. Where rows carry a
-    rating (kto's label, wsft's weight, dro's score), each batch keeps liked and disliked rows mixed as the data
-    has them: liked and disliked answers often differ in length - the very thing users rate - and batches grouped
-    by length alone came out all-liked or all-disliked, so a short run alternated directions (bench/results.md).
+    number (wsft's weight, dro's score), each batch keeps liked and disliked rows mixed as the data has them:
+    liked and disliked answers often differ in length - the very thing users rate - and batches grouped by
+    length alone came out all-liked or all-disliked, so a short run alternated directions (bench/results.md).
     bf16 LoRA: PEFT casts each adapted layer's input to the adapter's fp32 and back; under autocast the
     adapter's matmuls run in bf16 anyway, so the casts only copy activations.
     """
@@ -295,11 +295,12 @@ def group_by_length(trainer: Any, batch_size: int) -> None:
 
 
 def rating_strata(data: Any) -> list[bool] | None:
-    """Which rows are the liked ones: kto's `label`, wsft's positive `weight` (pulled up, not pushed down), dro's
-    `score` above the mean; None where rows carry no rating (sft, dpo: every row is liked, or a pair)."""
+    """Which rows are the liked ones: wsft's positive `weight` (pulled up, not pushed down), dro's `score` above
+    the mean; None where rows carry no rating (sft, dpo: every row is liked, or a pair) and for kto, which keeps
+    plain length grouping: the loop's defaults were measured with it, mixing cost its batches padding (6% -> 14%),
+    and in the one CI run with kto mixed the personal default-model test's minority adapter was rejected
+    (bench/results.md, issue 14's sixth part)."""
     columns = data.column_names
-    if "label" in columns:
-        return [bool(x) for x in data["label"]]
     if "weight" in columns:
         return [float(x) > 0 for x in data["weight"]]
     if "score" in columns:
