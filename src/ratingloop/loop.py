@@ -464,11 +464,6 @@ def run_loop(engine: Engine, spec: RoundSpec, *, user_key: bytes, once: bool, mi
     _quiet_libraries()
     outcomes: list[dict[str, Any]] = []
     round_fn = partial(run_round, engine, user_key=user_key, progress=progress)  # DBOS records (round id, spec)
-    # A killed loop's round resumes in DBOS's thread as soon as the engine launches and imports torch there, while
-    # this thread imports scipy.stats (watch_live), which looks torch up in sys.modules: found half-imported, it
-    # raised and the loop died (tests/test_loop.py, a loop killed mid-round, on a slow host). Both load here first.
-    import scipy.stats  # noqa: F401
-    import torch  # noqa: F401
     with runner_lock(engine, wait=wait_for_lock), Durable(engine, round_fn) as durable:
         watch_live(engine, say)
         pending = set(durable.pending())

@@ -313,6 +313,10 @@ class Durable:
         if schema is not None:
             config["dbos_system_schema"] = schema
         started = time.monotonic()
+        # launching resumes a killed process's round in DBOS's thread at once, which imports torch there; a module
+        # this thread imports meanwhile that looks torch up in sys.modules (scipy.stats, in the loop's watch_live)
+        # found it half-imported and raised (tests/test_loop.py, a loop killed mid-round). torch loads here first.
+        import torch  # noqa: F401
         DBOS(config=config)
         DBOS.launch()
         log.debug("durable engine up in %.2fs (system database %s)", time.monotonic() - started, url)

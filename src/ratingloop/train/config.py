@@ -36,8 +36,8 @@ class TrainConfig:
     # bf16 matmuls (autocast; with LoRA the frozen base is stored in bf16, the adapter in fp32) where the
     # hardware has them (a CUDA GPU, a CPU with AMX or AVX512-BF16), fp32 elsewhere; see bench/results-train.md
     bf16: bool = True
-    # batches of similar-length rows (far less padding), each mixing liked and disliked rows as the data has them
-    # (common.fast)
+    # batches of similar-length rows (far less padding); wsft's and dro's each mix liked and disliked rows as the
+    # data has them (common.fast)
     group_by_length: bool = True
     logging_steps: int = 5
     activation_checkpointing: bool = False  # trade compute for memory: for large models on a GPU
