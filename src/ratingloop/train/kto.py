@@ -32,9 +32,34 @@ def make_trainer(model: Any, tokenizer: Any, data: TrainData, cfg: TrainConfig, 
              weights["n_undesirable"])
     args = KTOConfig(**trainer_args(cfg, out_dir, progress), desirable_weight=weights["desirable_weight"],
                      undesirable_weight=weights["undesirable_weight"])
-    return fast(quiet(KTOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
-                                 eval_dataset=data.eval, processing_class=tokenizer, peft_config=lora_config(cfg))),
-                cfg)
+    trainer = fast(quiet(KTOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
+                                    eval_dataset=data.eval, processing_class=tokenizer,
+                                    peft_config=lora_config(cfg))), cfg)
+    trainer.data_collator = KLFromBatch(trainer.data_collator)
+    return trainer
+
+
+class KLFromBatch:
+    """TRL's KTO collator, with each row's KL answer taken from the batch being collated: row i is paired with
+    row i-1's answer (row 0 with the last row's), TRL's rule, applied to the batch instead of to the dataset.
+
+    KTO's KL term is estimated on mismatched (prompt, answer) pairs, and TRL wants those answers to be the
+    batch's own. It builds them once, from runs of `batch_size` rows in the dataset's order, and requires its
+    sequential sampler, so that those runs are the batches. The length buckets (train.group_by_length) draw
+    other batches; a row's KL answer then came from a row elsewhere, of any length, so the two KL forwards -
+    half of a step's no-grad passes - padded as random batches do. Where batches are the sequential runs this
+    changes nothing (tests/test_train_kto_kl.py).
+    """
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        if examples and "KL_completion_ids" in examples[0]:
+            shifted = examples[-1:] + examples[:-1]
+            examples = [dict(row, KL_completion_ids=prev["completion_ids"])
+                        for row, prev in zip(examples, shifted, strict=True)]
+        return self.collator(examples)
 
 
 def kto_weights(data: TrainData) -> dict[str, Any]:
