@@ -68,6 +68,10 @@ VARIANTS = {
     "ours, lora_dropout=0.05": {"lora_dropout": 0.05},
     "ours, activation checkpointing": {"activation_checkpointing": True},
     "ours, TRL padding_free (no grouping)": {"_padding_free": True, "group_by_length": False},
+    # kto: each row's KL answer from its dataset neighbour, as TRL prepares it, not from its own batch (KLFromBatch)
+    "ours with KL answers by dataset order": {"_kl_by_dataset_order": True},
+    # every method: TRL's CPU tile folds for the LM head instead of train.lm_head's lean ones
+    "ours with TRL's tile folds": {"_trl_folds": True},
     "trl": None,
 }
 
@@ -144,7 +148,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     trainer = (trl_trainer if spec["arm"] == "trl" else ours_trainer)(spec, out_dir)
     marks: list[tuple[float, float, dict[str, float]]] = []
-    seen = {"tokens": 0.0, "padded": 0.0, "sq": 0.0}
+    seen = {"tokens": 0.0, "padded": 0.0, "sq": 0.0, "kl_tokens": 0.0, "kl_padded": 0.0}
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
@@ -168,7 +172,9 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     rss = peak_rss_mib()
     (w0, c0, s0), (w1, c1, s1) = marks[spec["warmup"]], marks[-1]
     return {"wall_s": w1 - w0, "cpu_s": c1 - c0, "tokens": s1["tokens"] - s0["tokens"],
-            "padded": s1["padded"] - s0["padded"], "sq": s1["sq"] - s0["sq"], "steps": len(marks) - 1 - spec["warmup"],
+            "padded": s1["padded"] - s0["padded"], "sq": s1["sq"] - s0["sq"],
+            "kl_tokens": s1["kl_tokens"] - s0["kl_tokens"], "kl_padded": s1["kl_padded"] - s0["kl_padded"],
+            "steps": len(marks) - 1 - spec["warmup"],
             "eval_loss": float(evaluated["eval_loss"]), "eval_loss_before": before, "peak_rss_mib": rss,
             "eval_loss_fp32": fp32_loss(spec["method"], trainer, out_dir),
             "lora_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
@@ -210,9 +216,12 @@ def fp32_loss(method: str, trainer: Any, out_dir: Path) -> float | None:
 def count_tokens(inputs: dict[str, Any]) -> dict[str, float]:
     """Non-pad tokens, padded positions and the sum of squared sequence lengths of one batch."""
     masks = [v for k, v in inputs.items() if k.endswith("attention_mask") and not k.startswith("KL_")]
+    kl = inputs.get("KL_attention_mask")  # kto's KL batch: forwarded twice (policy, reference), not counted as tokens
+    also = {"kl_tokens": float(kl.sum()), "kl_padded": float(kl.numel())} if kl is not None else {}
     if masks:
         lengths = [n for m in masks for n in m.sum(dim=1).tolist()]
-        return {"tokens": sum(lengths), "padded": sum(m.numel() for m in masks), "sq": sum(n * n for n in lengths)}
+        return {"tokens": sum(lengths), "padded": sum(m.numel() for m in masks),
+                "sq": sum(n * n for n in lengths)} | also
     positions = inputs["position_ids"][0]  # padding-free: one flat row, sequences start at position 0
     starts = (positions == 0).nonzero().flatten().tolist() + [positions.numel()]
     lengths = [b - a for a, b in zip(starts, starts[1:], strict=False)]
@@ -232,6 +241,8 @@ def ours_trainer(spec: dict[str, Any], out_dir: Path) -> Any:
 
     method, overrides = spec["method"], dict(spec.get("overrides") or {})
     weights, padding_free = overrides.pop("_weights", None), overrides.pop("_padding_free", False)
+    kl_by_dataset_order = overrides.pop("_kl_by_dataset_order", False)
+    trl_folds = overrides.pop("_trl_folds", False)
     cfg = TrainConfig.for_method(method, max_steps=spec["warmup"] + spec["steps"], save_steps=0, logging_steps=1,
                                  **overrides)
     rec = recipe(method)
@@ -248,7 +259,15 @@ def ours_trainer(spec: dict[str, Any], out_dir: Path) -> Any:
         args = SFTConfig(**(trainer_args(cfg, out_dir, False) | {"padding_free": True, "max_length": None}))
         return fast(quiet(SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_,
                                      processing_class=tokenizer, peft_config=lora_config(cfg))), cfg)
-    return rec.make_trainer(model, tokenizer, data, cfg, out_dir, False)
+    trainer = rec.make_trainer(model, tokenizer, data, cfg, out_dir, False)
+    if kl_by_dataset_order:
+        trainer.data_collator = trainer.data_collator.collator  # TRL's own, without KLFromBatch
+    if trl_folds:
+        import trl.kernels.chunked_logprob as kernels
+
+        kernels._forward_tile = kernels._forward_tile.original
+        kernels._backward_tile = kernels._backward_tile.original
+    return trainer
 
 
 def trl_trainer(spec: dict[str, Any], out_dir: Path) -> Any:
@@ -345,6 +364,8 @@ def summary(method: str, runs: list[dict[str, Any]], peak: float) -> dict[str, A
             "before": statistics.median(r["eval_loss_before"] for r in runs),
             "fp32": statistics.median(r["eval_loss_fp32"] for r in runs) if runs[0]["eval_loss_fp32"] else None,
             "pad": statistics.median(1 - r["tokens"] / r["padded"] for r in runs),
+            "kl_pad": statistics.median(1 - r["kl_tokens"] / r["kl_padded"] for r in runs) if runs[0].get("kl_padded")
+            else None,
             "mfu": statistics.median(model_flops(method, r) / r["wall_s"] / 1e9 / peak for r in runs),
             "spread": (max(tps) - min(tps)) / statistics.median(tps) if len(tps) > 1 else 0.0}
 
@@ -378,7 +399,8 @@ def table(method: str, rows: dict[str, dict[str, Any]]) -> list[str]:
         fp32 = f"{s['fp32']:.5f}" if s["fp32"] is not None else "-"
         ratio = f"{s['tps'] / ref['tps']:.2f}" if ref else "-"
         ratio_cpu = f"{s['tps_cpu'] / ref['tps_cpu']:.2f}" if ref else "-"
-        out.append(f"| {name} | {s['tps']:.0f} | {ratio} | {s['tps_cpu']:.0f} | {ratio_cpu} | {s['pad']:.0%} | "
+        pad = f"{s['pad']:.0%}" + (f" (KL batch {s['kl_pad']:.0%})" if s["kl_pad"] is not None else "")
+        out.append(f"| {name} | {s['tps']:.0f} | {ratio} | {s['tps_cpu']:.0f} | {ratio_cpu} | {pad} | "
                    f"{s['rss']:.0f} | {s['before']:.4f} -> {s['loss']:.4f} | {fp32} | {s['mfu']:.1%} | "
                    f"{s['spread']:.0%} |")
     if ref is None and method in ("dro", "reward"):

@@ -22,6 +22,7 @@ from typing import Any
 from ratingloop.errors import ConfigError
 from ratingloop.models import ModelLoadError, ResolvedModel, cpu_has_fast_bf16, quiet_checkpointing_deprecation
 from ratingloop.train.config import TrainConfig
+from ratingloop.train.lm_head import fold_tiles_lean
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def trainer_args(cfg: TrainConfig, out_dir: Path, progress: bool) -> dict[str, A
 
     set_seed(cfg.seed)  # before TRL wraps the model: the LoRA A matrices are drawn then
     project_answer_positions_only()
+    fold_tiles_lean()
     return dict(
         output_dir=str(out_dir / "checkpoints"),
         report_to=reporters(),
