@@ -29,6 +29,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from ratingloop.errors import RatingloopError
+from ratingloop.models import quiet_checkpointing_deprecation
 from ratingloop.train.reward_card import (
     CARD,
     pair_accuracy,
@@ -146,7 +147,8 @@ def load_seq_cls(path: Path, pad: int) -> Any:
 
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
         model = seq_cls_from(Path(base), torch.float32, pad)
-        return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        with quiet_checkpointing_deprecation():
+            return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     return seq_cls_from(path, torch.float32, pad)
 
 
