@@ -5,8 +5,9 @@ The store holds real OASST questions with a concise and a long answer each, rate
 simulated users who all like concise answers better (tests/concise.py). `train` without --data runs
 the whole path - signals (rater bias), the method's builder, the method's trainer - on the real
 SmolLM2-135M-Instruct, and the trained model answers 20 held-out questions it never saw, greedy, with
-the same token budget as the base (64 tokens; the base fills it on 18 of them, so its mean is a floor
-and the comparison is conservative).
+the same token budget as the base (64 tokens; the base fills it on 18-20 of them, so its mean is a floor
+and the comparison is conservative), in the dtype `generate` serves with (bf16 where the CPU multiplies it
+natively, fp32 elsewhere: emulated bf16 made these answers ~2.6x slower on an AVX2-only CPU).
 
 The runs are short, to fit the suite's budget on a 2-core CPU: 12 steps of 4 rows (about a minute each
 on idle cores). The method defaults suit a full epoch over real data; a 12-step run needs larger steps
@@ -58,7 +59,7 @@ def concise_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, lis
 
 def answer_tokens(model: str | Path, prompts: list[dict[str, Any]]) -> list[int]:
     """Each greedy answer's length in tokens (re-encoded)."""
-    model_, tok = load_for_generation(str(model), dtype="bf16", device="cpu")
+    model_, tok = load_for_generation(str(model), dtype="auto", device="cpu")
     answers = generate((model_, tok), prompts, max_tokens=ANSWER_TOKENS, batch_size=10, progress=False)
     return [len(tok(a["response"], add_special_tokens=False).input_ids) for a in answers]
 
