@@ -25,6 +25,7 @@ from typing import Iterator
 import pytest
 from sqlalchemy import create_engine, text
 
+from file_order import file_ranks
 from ratingloop.config import Settings
 from ratingloop.store.db import dispose_engines
 from servers import running_server_at
@@ -34,6 +35,14 @@ pytest_plugins = ["train_support"]  # the training tests' tiny base and example 
 PG_URL = os.environ.get("RATINGLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 ADMIN_KEY = "test-admin-key"
 UNLIMITED = {"RATINGLOOP_TOKEN_RATINGS_PER_S": "0", "RATINGLOOP_ADDRESS_REQUESTS_PER_S": "0"}
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` and `-k` deselect: only the tests that run count
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first, each file's tests in their own order (tests/file_order.py says why); with
+    `--no-loadscope-reorder` (addopts) xdist queues the files in this order."""
+    ranks = file_ranks(items)
+    items.sort(key=lambda item: ranks[item.nodeid.split("::")[0]])  # stable: ties keep the collection order
 
 
 @pytest.fixture(autouse=True)
