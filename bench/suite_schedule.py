@@ -26,14 +26,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from file_order import file_ranks  # noqa: E402 - the rule tests/conftest.py applies
+from file_order import file_of, file_ranks  # noqa: E402 - the rule tests/conftest.py applies
 
-DURATION = re.compile(r"^([0-9.]+)s (setup|call|teardown)\s+(\S+?)(?:::(\S.*))?$")
+DURATION = re.compile(r"^([0-9.]+)s (?:setup|call|teardown)\s+(\S.*)$")
 
 
 class Collected:
-    """The test ids that run, in collection order (before tests/conftest.py reorders them), and each file's
-    rank under tests/file_order.py's rule."""
+    """The tests that run, in collection order (before tests/conftest.py reorders them)."""
 
     def __init__(self) -> None:
         self.items: list[pytest.Item] = []
@@ -64,7 +63,7 @@ def durations(log: Path) -> dict[str, float]:
     seconds: dict[str, float] = defaultdict(float)
     for line in log.read_text().splitlines():
         if m := DURATION.match(line.strip()):
-            seconds[m[3] + (f"::{m[4]}" if m[4] else "")] += float(m[1])
+            seconds[m[2]] += float(m[1])
     if not seconds:
         sys.exit(f"{log}: no '--durations=0' lines")
     return seconds
@@ -103,7 +102,7 @@ def main() -> None:
     collected = collect(args.marks)
     by_file: dict[str, list[float]] = defaultdict(list)
     for item in collected.selected:
-        by_file[item.nodeid.split("::")[0]].append(seconds.get(item.nodeid, 0.0))
+        by_file[file_of(item)].append(seconds.get(item.nodeid, 0.0))
     files = list(by_file.items())
     ranks = file_ranks(collected.selected)
     orders = {

@@ -25,7 +25,7 @@ from typing import Iterator
 import pytest
 from sqlalchemy import create_engine, text
 
-from file_order import file_ranks
+from file_order import file_of, file_ranks
 from ratingloop.config import Settings
 from ratingloop.store.db import dispose_engines
 from servers import running_server_at
@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest files first, each file's tests in their own order (tests/file_order.py says why); with
     `--no-loadscope-reorder` (addopts) xdist queues the files in this order."""
     ranks = file_ranks(items)
-    items.sort(key=lambda item: ranks[item.nodeid.split("::")[0]])  # stable: ties keep the collection order
+    items.sort(key=lambda item: ranks[file_of(item)])  # stable: ties keep the collection order
 
 
 @pytest.fixture(autouse=True)
